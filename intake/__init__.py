@@ -1,0 +1,1 @@
+"""intake: an omnichannel complaint intake gateway."""

@@ -1,0 +1,113 @@
+"""The ``intake`` command: serve, schema, check-config, spool status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from intake import config as config_module
+from intake import logs
+
+
+def _settings(path: Path | None) -> config_module.Settings:
+    return config_module.load(path)
+
+
+def _config_path(value: str | None) -> Path | None:
+    chosen = value or os.environ.get("INTAKE_CONFIG")
+    return Path(chosen) if chosen else None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from intake.gateway import Gateway
+
+    settings = _settings(args.config)
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(Gateway(settings).serve())
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    sys.stdout.write(files("normalizer").joinpath("schema/complaint.v1.json").read_text(encoding="utf-8"))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args.config)
+    except ValidationError as error:
+        print(f"configuration is invalid ({error.error_count()} problem(s)):", file=sys.stderr)
+        for item in error.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in item["loc"])
+            print(f"  {where}: {item['msg']}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as error:  # unreadable file, TOML syntax
+        print(f"cannot read the configuration: {error}", file=sys.stderr)
+        return 2
+    summary = {
+        "http": f"{settings.http.host}:{settings.http.port}",
+        "kafka": settings.kafka.bootstrap_servers,
+        "topic": settings.kafka.topic,
+        "dead_letter_topic": settings.kafka.dead_letter_topic,
+        "spool": str(settings.spool.path),
+        "webhook_partners": sorted(settings.webhook.partners) if settings.webhook.enabled else "disabled",
+    }
+    print("configuration is valid")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _spool_status(args: argparse.Namespace) -> int:
+    from intake.spool import Spool
+
+    settings = _settings(args.config)
+    if not settings.spool.path.exists():
+        print(f"no spool at {settings.spool.path}", file=sys.stderr)
+        return 1
+
+    async def read() -> dict[str, object]:
+        spool = Spool(
+            settings.spool.path,
+            max_pending_events=settings.spool.max_pending_events,
+            max_pending_bytes=settings.spool.max_pending_bytes,
+        )
+        await spool.open()
+        try:
+            status = await spool.status()
+        finally:
+            await spool.close()
+        return {**dataclasses.asdict(status), "full": status.full, "path": str(settings.spool.path)}
+
+    print(json.dumps(asyncio.run(read()), indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="intake", description="Omnichannel complaint intake gateway.")
+    top.add_argument("--config", "-c", help="TOML configuration file (default: $INTAKE_CONFIG, else built-in defaults)")
+    commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gateway").set_defaults(run=_serve)
+    commands.add_parser("schema", help="print the complaint record's JSON Schema").set_defaults(run=_schema)
+    commands.add_parser("check-config", help="validate the configuration and print a summary").set_defaults(run=_check_config)
+    spool = commands.add_parser("spool", help="inspect the spool").add_subparsers(dest="spool_command", required=True)
+    spool.add_parser("status", help="pending events, replies, dead letters, capacity").set_defaults(run=_spool_status)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.config = _config_path(args.config)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""The gateway's configuration: one typed object from a TOML file and INTAKE_* environment variables.
+
+Precedence: environment, then the TOML file, then the defaults below, which
+start a gateway on a laptop with no configuration at all. Nested options are
+set from the environment with a double underscore, e.g.
+``INTAKE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
+``INTAKE_WEBHOOK__PARTNERS='{"acme": {"secrets": ["..."]}}'``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server listens on (0.0.0.0 in a container).")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP server: webhooks, form, health, metrics.")
+    public_base_url: str | None = Field(
+        None,
+        description="The URL the outside world uses to reach this gateway (behind a TLS proxy), e.g. https://complaints.example.com. "
+        "Signatures that cover the URL (Twilio) are checked against it.",
+    )
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
+    topic: str = Field("complaints", description="Topic for complaints, follow-ups and acknowledgement events.")
+    dead_letter_topic: str = Field("complaints.dead-letter", description="Topic for messages the normalizer rejected.")
+    client_id: str = Field("intake", description="Kafka client id (shows in broker logs and quotas).")
+    linger_ms: int = Field(5, ge=0, description="How long the producer waits to fill a batch.")
+    max_request_size: int = Field(1024 * 1024, ge=1024, description="Largest produce request; attachments never travel inline.")
+    window: int = Field(1000, ge=1, description="Events sent before waiting for Kafka's acknowledgements.")
+    send_timeout_seconds: float = Field(10.0, gt=0, description="Bound on one send call (metadata wait, full buffer).")
+    stall_seconds: float = Field(5.0, gt=0, description="Unacknowledged this long, Kafka is reported unavailable.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL / SASL_SSL.")
+
+    def security(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return options
+
+
+class SpoolConfig(_Section):
+    path: Path = Field(Path(".local/intake/spool.sqlite3"), description="The spool's SQLite file; keep it on a persistent volume.")
+    max_pending_events: int = Field(100_000, ge=1, description="Unpublished events allowed before channels push back (503/451).")
+    max_pending_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Unpublished bytes allowed before channels push back.")
+    retention_hours: float = Field(
+        168, gt=0, description="Raw messages are kept this long after publishing; redeliveries within it are recognised."
+    )
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL survives power loss; NORMAL only a process crash (faster on slow disks)."
+    )
+
+
+class AcknowledgementConfig(_Section):
+    organisation: str = Field("", description="Your organisation's name, as the acknowledgement says it.")
+    response_days: int = Field(5, ge=1, le=90, description="Working days within which the complainant hears back.")
+    default_locale: str = Field("en", description="Language used when the complainant's is unknown or unsupported.")
+
+
+class PartnerConfig(_Section):
+    secrets: list[SecretStr] = Field(..., min_length=1, description="HMAC secrets; more than one while rotating.")
+
+    @field_validator("secrets")
+    @classmethod
+    def _long_enough(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        for secret in secrets:
+            if len(secret.get_secret_value()) < 16:
+                raise ValueError("a webhook secret must be at least 16 characters")
+        return secrets
+
+
+class WebhookConfig(_Section):
+    enabled: bool = True
+    partners: dict[str, PartnerConfig] = Field(
+        default_factory=dict, description="Partner name (used in the URL /webhook/<name>) to its secrets."
+    )
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger bodies get 413.")
+    replay_window_seconds: int = Field(300, ge=10, description="A signature older or newer than this is refused.")
+
+    @field_validator("partners")
+    @classmethod
+    def _names(cls, partners: dict[str, PartnerConfig]) -> dict[str, PartnerConfig]:
+        import re
+
+        for name in partners:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+                raise ValueError(f"partner name {name!r}: use lower-case letters, digits, - and _")
+        return partners
+
+
+class Settings(BaseSettings):
+    """Everything ``intake serve`` needs; see deploy/intake.example.toml for a commented example."""
+
+    model_config = SettingsConfigDict(env_prefix="INTAKE_", env_nested_delimiter="__", extra="forbid")
+
+    source: str = Field("urn:intake", description="CloudEvents ce_source prefix; the channel is appended.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field("json", description="json for machines, text for a terminal.")
+    shutdown_grace_seconds: float = Field(15.0, gt=0, description="How long in-flight work may take on shutdown.")
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    acknowledgement: AcknowledgementConfig = Field(default_factory=AcknowledgementConfig)
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init values; the environment overrides it.
+        return env_settings, init_settings
+
+
+def load(path: Path | None = None) -> Settings:
+    """Read the TOML file (if any) and the environment; raises pydantic.ValidationError naming bad options."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        with path.open("rb") as file:
+            values = tomllib.load(file)
+    return Settings(**values)

@@ -1,0 +1,141 @@
+"""The events intake publishes, encoded for Kafka as CloudEvents 1.0 in binary mode.
+
+Binary mode: the record's value is the event's data (JSON), ``content-type``
+is the data's media type, and every other attribute travels as a ``ce_<name>``
+header in UTF-8. ``ce_id`` is derived, never random, so a resend after an
+unknown outcome carries the same id and a consumer can drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from intake.spool import Event
+from normalizer.record import SCHEMA_ID, Complaint
+
+SPECVERSION = "1.0"
+COMPLAINT_RECEIVED = "intake.complaint.received.v1"
+COMPLAINT_FOLLOWED_UP = "intake.complaint.followed_up.v1"
+COMPLAINT_ACKNOWLEDGED = "intake.complaint.acknowledged.v1"
+ACKNOWLEDGEMENT_FAILED = "intake.complaint.acknowledgement_failed.v1"
+MESSAGE_DEAD_LETTERED = "intake.message.dead_lettered.v1"
+
+ACKNOWLEDGEMENT_SCHEMA_ID = "urn:intake:schema:acknowledgement:v1"
+DEAD_LETTER_SCHEMA_ID = "urn:intake:schema:dead-letter:v1"
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _event(
+    *,
+    topic: str,
+    key: str,
+    ce_id: str,
+    ce_type: str,
+    source: str,
+    subject: str,
+    time: dt.datetime,
+    dataschema: str,
+    data: bytes,
+) -> Event:
+    headers = [
+        ("ce_specversion", SPECVERSION),
+        ("ce_id", ce_id),
+        ("ce_source", source),
+        ("ce_type", ce_type),
+        ("ce_subject", subject),
+        ("ce_time", _rfc3339(time)),
+        ("ce_dataschema", dataschema),
+        ("content-type", "application/json"),
+    ]
+    return Event(topic=topic, key=key.encode(), value=data, headers=[(k, v.encode()) for k, v in headers])
+
+
+def complaint_event(complaint: Complaint, *, topic: str, source: str) -> Event:
+    """A new complaint, or a follow-up keyed by the complaint it follows."""
+    return _event(
+        topic=topic,
+        key=complaint.key,
+        ce_id=str(complaint.id),
+        ce_type=COMPLAINT_FOLLOWED_UP if complaint.follows_up else COMPLAINT_RECEIVED,
+        source=f"{source}/{complaint.channel}",
+        subject=complaint.reference,
+        time=complaint.received_at,
+        dataschema=SCHEMA_ID,
+        data=complaint.to_json(),
+    )
+
+
+def acknowledgement_event(
+    *,
+    complaint_id: uuid.UUID,
+    reference: str,
+    key: str,
+    channel: str,
+    locale: str,
+    sent_at: dt.datetime,
+    topic: str,
+    source: str,
+    failed: str | None = None,
+) -> Event:
+    """The acknowledgement went out on the channel (or, with ``failed``, never will)."""
+    data: dict[str, Any] = {
+        "complaint_id": str(complaint_id),
+        "reference": reference,
+        "channel": channel,
+        "locale": locale,
+        "sent_at": _rfc3339(sent_at),
+    }
+    if failed:
+        data["error"] = failed
+    return _event(
+        topic=topic,
+        key=key,
+        ce_id=str(uuid.uuid5(complaint_id, "acknowledged")),
+        ce_type=ACKNOWLEDGEMENT_FAILED if failed else COMPLAINT_ACKNOWLEDGED,
+        source=f"{source}/{channel}",
+        subject=reference,
+        time=sent_at,
+        dataschema=ACKNOWLEDGEMENT_SCHEMA_ID,
+        data=json.dumps(data).encode(),
+    )
+
+
+def dead_letter_event(
+    *,
+    spool_key: str,
+    complaint_id: uuid.UUID,
+    reference: str,
+    channel: str,
+    error: str,
+    raw_sha256: str,
+    raw_size: int,
+    received_at: dt.datetime,
+    topic: str,
+    source: str,
+) -> Event:
+    """A message the normalizer could not turn into a record; its raw bytes stay in the spool for replay."""
+    data = {
+        "spool_key": spool_key,
+        "reference": reference,
+        "channel": channel,
+        "error": error,
+        "raw": {"sha256": raw_sha256, "size": raw_size},
+        "received_at": _rfc3339(received_at),
+    }
+    return _event(
+        topic=topic,
+        key=reference,
+        ce_id=str(uuid.uuid5(complaint_id, "dead-lettered")),
+        ce_type=MESSAGE_DEAD_LETTERED,
+        source=f"{source}/{channel}",
+        subject=reference,
+        time=received_at,
+        dataschema=DEAD_LETTER_SCHEMA_ID,
+        data=json.dumps(data).encode(),
+    )

@@ -1,0 +1,244 @@
+"""The publisher: relays the spool's outbox to Kafka, in order, and forgets an event only once Kafka has it.
+
+aiokafka's idempotent producer (acks=all) keeps per-partition order and
+deduplicates its own retries. It also never gives up on a send while the
+brokers are down, so every wait here is sliced and bounded: the loop keeps
+reporting state, and stops when asked, whatever Kafka does. An event leaves
+the spool only after its send future has resolved; an unknown outcome is
+resent with the same ``ce_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from intake.metrics import Metrics
+from intake.spool import Spool, StoredEvent
+
+log = logging.getLogger("intake.publisher")
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    bootstrap_servers: str
+    client_id: str = "intake"
+    window: int = 1000
+    linger_ms: int = 5
+    max_request_size: int = 1024 * 1024
+    request_timeout_ms: int = 30_000
+    connect_timeout: float = 10.0
+    send_timeout: float = 10.0
+    stall_after: float = 5.0
+    shutdown_flush_timeout: float = 10.0
+    max_backoff: float = 15.0
+    security: dict[str, object] | None = None
+
+
+ProducerFactory = Callable[[PublisherSettings], AIOKafkaProducer]
+
+
+def default_producer(settings: PublisherSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        enable_idempotence=True,  # implies acks="all" and in-order retries per partition
+        linger_ms=settings.linger_ms,
+        max_batch_size=64 * 1024,
+        max_request_size=settings.max_request_size,
+        request_timeout_ms=settings.request_timeout_ms,
+        **(settings.security or {}),
+    )
+
+
+def _header(event: StoredEvent, name: str) -> str:
+    for key, value in event.headers:
+        if key == name:
+            return value.decode()
+    return ""
+
+
+class Publisher:
+    """Runs until ``stop``; ``kafka_available`` and ``last_error`` say how Kafka is doing."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        settings: PublisherSettings,
+        metrics: Metrics,
+        producer_factory: ProducerFactory = default_producer,
+    ) -> None:
+        self._spool = spool
+        self._settings = settings
+        self._metrics = metrics
+        self._factory = producer_factory
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self._backoff = 0.5
+        self.kafka_available = False
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+
+    # --- state ------------------------------------------------------------------
+
+    def _up(self) -> None:
+        if not self.kafka_available:
+            log.info("kafka available", extra={"event": "kafka_up"})
+        self.kafka_available = True
+        self.last_error = None
+        self.last_success = time.monotonic()
+        self._backoff = 0.5
+        self._metrics.kafka_up.set(1)
+
+    def _down(self, error: str) -> None:
+        if self.kafka_available or self.last_error is None:
+            log.warning("kafka unavailable; spooling", extra={"event": "kafka_down", "error": error})
+        self.kafka_available = False
+        self.last_error = error
+        self._metrics.kafka_up.set(0)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when asked to stop."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _back_off(self) -> None:
+        await self._pause(self._backoff)
+        self._backoff = min(self._backoff * 2, self._settings.max_backoff)
+
+    # --- the producer -------------------------------------------------------------
+
+    async def _connect(self) -> AIOKafkaProducer | None:
+        producer = self._factory(self._settings)
+        try:
+            await asyncio.wait_for(producer.start(), timeout=self._settings.connect_timeout)
+        except (KafkaError, OSError, asyncio.TimeoutError) as error:
+            self._down(f"connect: {type(error).__name__}: {error}")
+            await self._close(producer)
+            return None
+        return producer
+
+    async def _close(self, producer: AIOKafkaProducer, flush_timeout: float = 0.0) -> None:
+        # stop() flushes; with the brokers gone that would wait forever.
+        try:
+            await asyncio.wait_for(producer.stop(), timeout=max(flush_timeout, 1.0))
+        except (KafkaError, OSError, asyncio.TimeoutError, asyncio.CancelledError) as error:
+            log.warning("kafka producer closed uncleanly", extra={"event": "producer_close", "error": repr(error)})
+
+    async def _probe(self) -> None:
+        """While idle, ask for metadata now and then, so readiness tells the truth."""
+        assert self._producer is not None
+        try:
+            updated = await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout=5)
+        except (KafkaError, OSError, asyncio.TimeoutError) as error:
+            self._down(f"metadata: {type(error).__name__}")
+            return
+        if updated:
+            self._up()
+        else:
+            self._down("metadata: no broker answered")
+
+    # --- the loop -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if self._producer is None:
+                    self._producer = await self._connect()
+                    if self._producer is None:
+                        await self._back_off()
+                        continue
+                    self._up()
+                self._spool.events_written.clear()
+                batch = await self._spool.pending_events(after_seq=0, limit=self._settings.window)
+                self._update_gauges(batch)
+                if not batch:
+                    await self._idle()
+                    continue
+                await self._publish(batch)
+        finally:
+            if self._producer is not None:
+                await self._close(self._producer, self._settings.shutdown_flush_timeout)
+                self._producer = None
+
+    async def _idle(self) -> None:
+        waiter = asyncio.ensure_future(self._spool.events_written.wait())
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        done, pending = await asyncio.wait({waiter, stopper}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if not done and self._producer is not None:
+            await self._probe()
+
+    async def _publish(self, batch: list[StoredEvent]) -> None:
+        assert self._producer is not None
+        futures: dict[asyncio.Future[object], StoredEvent] = {}
+        send_error: str | None = None
+        for event in batch:
+            try:
+                future = await asyncio.wait_for(
+                    self._producer.send(event.topic, value=event.value, key=event.key, headers=event.headers),
+                    timeout=self._settings.send_timeout,
+                )
+            except (KafkaError, asyncio.TimeoutError) as error:
+                # Nothing after this event is sent now, so per-key order holds when it is retried.
+                send_error = f"send: {type(error).__name__}: {error}"
+                break
+            futures[future] = event
+
+        published, failed = await self._await_all(futures)
+        if published:
+            await self._spool.mark_published([e.seq for e in published])
+            for event in published:
+                self._metrics.published.labels(type=_header(event, "ce_type")).inc()
+            self._up()
+        if failed or send_error:
+            self._metrics.publish_failures.inc(max(1, len(failed)))
+            self._down(send_error or failed[0])
+            if self._fatal(send_error or failed[0]):
+                await self._close(self._producer)
+                self._producer = None
+            await self._back_off()
+
+    async def _await_all(self, futures: dict[asyncio.Future[object], StoredEvent]) -> tuple[list[StoredEvent], list[str]]:
+        published: list[StoredEvent] = []
+        errors: list[str] = []
+        pending = set(futures)
+        started = time.monotonic()
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=1.0)
+            for future in done:
+                error = future.exception()
+                if error is None:
+                    published.append(futures[future])
+                else:
+                    errors.append(f"delivery: {type(error).__name__}: {error}")
+            waited = time.monotonic() - started
+            if pending and waited > self._settings.stall_after:
+                self._down("kafka is not acknowledging writes")
+            if pending and self._stopping.is_set() and waited > self._settings.shutdown_flush_timeout:
+                # Left in the spool: resent, with the same ce_id, after the restart.
+                break
+        published.sort(key=lambda e: e.seq)
+        return published, errors
+
+    @staticmethod
+    def _fatal(error: str) -> bool:
+        """Errors after which this producer instance cannot go on (its idempotence state is broken)."""
+        return any(name in error for name in ("OutOfOrderSequence", "ProducerFenced", "UnknownProducerId", "IllegalState"))
+
+    def _update_gauges(self, batch: list[StoredEvent]) -> None:
+        self._metrics.spool_pending_events.set(self._spool.pending_events_count)
+        self._metrics.spool_pending_bytes.set(self._spool.pending_bytes_count)
+        self._metrics.publish_lag.set(max(0.0, time.time() - batch[0].created_at) if batch else 0.0)
+
+    async def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,201 @@
+"""Reception: the one path from a channel's raw message to the spool, shared by every channel.
+
+A channel hands over the raw bytes, its own message id and a pure function
+that normalizes them. Reception derives the key, id and reference, composes
+the acknowledgement, and writes the raw message, its events and the reply to
+send in one spool transaction. Only when that has committed does the channel
+say yes to its sender.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from intake import events
+from intake.acknowledgement import Acknowledgement, compose
+from intake.config import AcknowledgementConfig
+from intake.metrics import Metrics
+from intake.spool import Event, Reply, Spool, Submission
+from normalizer.errors import InvalidMessage
+from normalizer.record import Channel, Complaint
+from normalizer.reference import complaint_id, reference_for, spool_key
+
+log = logging.getLogger("intake.reception")
+
+# inline: the channel returns the acknowledgement in its own answer (webhook, TwiML, form page);
+# reply: it is sent later from the spool, with retries (email, Telegram);
+# none: the channel cannot or must not answer.
+AckMode = Literal["inline", "reply", "none"]
+ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a channel tells its sender."""
+
+    reference: str  # the complaint's reference; for a follow-up, the complaint it follows
+    complaint_id: str
+    duplicate: bool
+    same_content: bool
+    acknowledgement: dict[str, str] | None  # locale, direction, subject, text, short; None when not acknowledged
+    dead_lettered: bool = False
+    automated: bool = False
+
+
+class Reception:
+    def __init__(
+        self,
+        spool: Spool,
+        metrics: Metrics,
+        *,
+        topic: str,
+        dead_letter_topic: str,
+        source: str,
+        acknowledgement: AcknowledgementConfig,
+    ) -> None:
+        self.spool = spool
+        self._metrics = metrics
+        self._topic = topic
+        self._dead_letter_topic = dead_letter_topic
+        self._source = source
+        self._ack = acknowledgement
+
+    def acknowledgement_for(self, complaint: Complaint) -> Acknowledgement:
+        return compose(
+            complaint.key,
+            complaint.complainant.locale or complaint.language or self._ack.default_locale,
+            response_days=self._ack.response_days,
+            organisation=self._ack.organisation,
+            follow_up=complaint.follows_up is not None,
+        )
+
+    def acknowledged_event(self, *, complaint: Complaint | None = None, payload: dict[str, Any] | None = None, sent_at: dt.datetime, failed: str | None = None) -> Event:
+        """The event that records an acknowledgement going out; from a record, or from a reply's payload."""
+        if complaint is not None:
+            ident, reference, key, channel = complaint.id, complaint.reference, complaint.key, complaint.channel
+            locale = (payload or {}).get("locale") or self.acknowledgement_for(complaint).locale
+        else:
+            assert payload is not None
+            ident, reference, key = uuid.UUID(payload["complaint_id"]), payload["reference"], payload["key"]
+            channel, locale = payload["channel"], payload["locale"]
+        return events.acknowledgement_event(
+            complaint_id=ident,
+            reference=reference,
+            key=key,
+            channel=channel,
+            locale=locale,
+            sent_at=sent_at,
+            topic=self._topic,
+            source=self._source,
+            failed=failed,
+        )
+
+    async def receive(
+        self,
+        *,
+        channel: Channel,
+        channel_message_id: str,
+        raw: bytes,
+        normalize: Callable[[], Complaint],
+        received_at: dt.datetime,
+        ack: AckMode,
+        reply_payload: ReplyPayload | None = None,
+        context: dict[str, Any] | None = None,
+        cursor: tuple[str, str] | None = None,
+        dead_letter_invalid: bool = False,
+    ) -> Outcome:
+        """Store one received message; raises InvalidMessage (unless dead-lettering), TemporaryFailure, SpoolFull."""
+        key = spool_key(channel, channel_message_id)
+        ident = complaint_id(channel, channel_message_id)
+        reference = reference_for(channel, channel_message_id)
+        digest = hashlib.sha256(raw).hexdigest()
+        submission = Submission(
+            key=key,
+            channel=channel,
+            reference=reference,
+            raw=raw,
+            raw_digest=digest,
+            answer={},
+            context=context or {},
+            cursor=cursor,
+            received_at=received_at.timestamp(),
+        )
+        try:
+            complaint = normalize()
+        except InvalidMessage as error:
+            if not dead_letter_invalid:
+                self._metrics.received.labels(channel=channel, outcome="rejected").inc()
+                raise
+            submission.dead_letter = True
+            submission.answer = {"reference": reference, "complaint_id": str(ident), "dead_lettered": True}
+            submission.events = [
+                events.dead_letter_event(
+                    spool_key=key,
+                    complaint_id=ident,
+                    reference=reference,
+                    channel=channel,
+                    error=str(error)[:2000],
+                    raw_sha256=digest,
+                    raw_size=len(raw),
+                    received_at=received_at,
+                    topic=self._dead_letter_topic,
+                    source=self._source,
+                )
+            ]
+            return self._outcome(await self.spool.accept(submission), channel)
+
+        acknowledgement = None if complaint.flags.automated or ack == "none" else self.acknowledgement_for(complaint)
+        submission.answer = {
+            "reference": complaint.key,
+            "complaint_id": str(complaint.id),
+            "automated": complaint.flags.automated,
+            "acknowledgement": None if acknowledgement is None else _ack_dict(acknowledgement),
+        }
+        submission.events = [events.complaint_event(complaint, topic=self._topic, source=self._source)]
+        if acknowledgement is not None and ack == "inline":
+            submission.events.append(
+                self.acknowledged_event(complaint=complaint, payload={"locale": acknowledgement.locale}, sent_at=received_at)
+            )
+        elif acknowledgement is not None and ack == "reply":
+            assert reply_payload is not None, "a channel that replies later must say how"
+            payload = {
+                "complaint_id": str(complaint.id),
+                "reference": complaint.reference,
+                "key": complaint.key,
+                "channel": complaint.channel,
+                "locale": acknowledgement.locale,
+                "received_at": received_at.timestamp(),
+                **reply_payload(complaint, acknowledgement),
+            }
+            submission.replies = [Reply(channel=complaint.channel, payload=payload)]
+        return self._outcome(await self.spool.accept(submission), channel)
+
+    def _outcome(self, receipt: Any, channel: str) -> Outcome:
+        answer = receipt.answer
+        label = "duplicate" if receipt.duplicate else "dead_lettered" if answer.get("dead_lettered") else "automated" if answer.get("automated") else "accepted"
+        self._metrics.received.labels(channel=channel, outcome=label).inc()
+        return Outcome(
+            reference=answer["reference"],
+            complaint_id=answer["complaint_id"],
+            duplicate=receipt.duplicate,
+            same_content=receipt.same_content,
+            acknowledgement=answer.get("acknowledgement"),
+            dead_lettered=bool(answer.get("dead_lettered")),
+            automated=bool(answer.get("automated")),
+        )
+
+
+def _ack_dict(acknowledgement: Acknowledgement) -> dict[str, str]:
+    return {
+        "locale": acknowledgement.locale,
+        "direction": acknowledgement.direction,
+        "subject": acknowledgement.subject,
+        "text": acknowledgement.text,
+        "short": acknowledgement.short,
+    }

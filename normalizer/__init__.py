@@ -1,0 +1,1 @@
+"""normalizer: the complaint record and the pure functions that turn each channel's raw message into it."""

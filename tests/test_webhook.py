@@ -1,0 +1,209 @@
+"""The partner webhook end to end, against the real Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import jsonschema
+import pytest
+
+from normalizer.record import json_schema
+from tests.support.gateway import GatewayProcess, complaint_body, post_complaint, running, settings, signed_headers
+from tests.support.topic import of_type, read_topic, wait_for
+
+SCHEMA = json_schema()
+CE_HEADERS = {"ce_id", "ce_source", "ce_type", "ce_specversion", "ce_time", "ce_dataschema", "ce_subject", "content-type"}
+
+
+def assert_no_duplicate_ce_id(records) -> None:
+    counts = Counter(r.headers["ce_id"] for r in records)
+    assert [ce for ce, n in counts.items() if n > 1] == []
+
+
+async def test_a_complaint_is_on_the_topic_once_as_a_cloudevent(tmp_path: Path, kafka, topic):
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        status, answer = await post_complaint(http, base, complaint_body(), "order-1001")
+        assert status == 202
+        assert answer["acknowledgement"]["locale"] == "pl"
+        assert answer["reference"] in answer["acknowledgement"]["short"]
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+
+    received = of_type(records, "received")
+    assert len(received) == 1
+    record = received[0]
+    assert record.key == answer["reference"]
+    assert CE_HEADERS <= set(record.headers)
+    assert record.headers["ce_specversion"] == "1.0"
+    assert record.headers["ce_id"] == answer["id"]
+    assert record.headers["ce_source"] == "urn:intake/webhook"
+    assert record.headers["content-type"] == "application/json"
+    jsonschema.validate(record.data, SCHEMA)
+    assert record.data["reference"] == answer["reference"]
+    assert record.data["complainant"]["phone"] == "+48601234567"
+    acknowledged = of_type(records, "acknowledged")
+    assert len(acknowledged) == 1 and acknowledged[0].key == answer["reference"]
+    assert_no_duplicate_ce_id(records)
+
+
+async def test_the_same_idempotency_key_twice_is_one_complaint(tmp_path: Path, kafka, topic):
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        first = await post_complaint(http, base, complaint_body(), "retry-me")
+        second = await post_complaint(http, base, complaint_body(), "retry-me")
+        reused = await post_complaint(http, base, complaint_body("Another complaint"), "retry-me")
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
+
+    assert first[0] == second[0] == 202
+    assert first[1]["reference"] == second[1]["reference"]
+    assert second[1]["duplicate"] is True
+    assert reused[0] == 422 and reused[1]["type"] == "/problems/idempotency-key-reused"
+    assert len(of_type(records, "received")) == 1
+    assert_no_duplicate_ce_id(records)
+
+
+async def test_a_follow_up_is_keyed_by_the_complaint_it_follows(tmp_path: Path, kafka, topic):
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        _, first = await post_complaint(http, base, complaint_body(), "case-1")
+        status, follow = await post_complaint(http, base, complaint_body("Still no refund.", follows_up=first["reference"]), "case-1-b")
+        records = await read_topic(kafka.bootstrap, topic, expect=4)
+    assert status == 202 and follow["reference"] == first["reference"]
+    [followed] = of_type(records, "followed_up")
+    [received] = of_type(records, "received")
+    assert followed.key == received.key == first["reference"]
+    assert followed.partition == received.partition and followed.offset > received.offset
+    jsonschema.validate(followed.data, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "case, status",
+    [("bad signature", 401), ("stale timestamp", 401), ("unknown partner", 401), ("not json", 400),
+     ("invalid fields", 422), ("no idempotency key", 400), ("too large", 413)],
+)
+async def test_bad_requests_are_refused_and_nothing_is_published(tmp_path: Path, kafka, topic, case, status):
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        body, partner, headers = complaint_body(), "acme", None
+        if case == "bad signature":
+            headers = signed_headers(body, "k", secret="not-the-partners-secret-000")
+        elif case == "stale timestamp":
+            headers = signed_headers(body, "k", timestamp=int(time.time()) - 3600)
+        elif case == "unknown partner":
+            partner = "mallory"
+        elif case == "not json":
+            body = b"{not json"
+        elif case == "invalid fields":
+            body = json.dumps({"text": "", "complainant": {"email": "nope"}}).encode()
+        elif case == "too large":
+            body = complaint_body("x" * 300_000)
+        headers = headers or signed_headers(body, "k")
+        if case == "no idempotency key":
+            del headers["Idempotency-Key"]
+        async with http.post(f"{base}/webhook/{partner}", data=body, headers=headers) as response:
+            assert response.status == status
+            assert response.content_type == "application/problem+json"
+            problem = await response.json(content_type=None)
+        assert problem["status"] == status
+        if case == "invalid fields":
+            assert {"text", "complainant.email"} <= {e["field"] for e in problem["errors"]}
+        spool = await gateway.spool.status()
+        assert spool.messages == 0
+    assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
+
+
+async def test_complaints_taken_while_kafka_is_down_are_published_once_it_returns(tmp_path: Path, kafka, topic):
+    broker = kafka.require_control()
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        await post_complaint(http, base, complaint_body("before the outage"), "before")
+        await wait_for(lambda: _published(gateway, 2))
+        broker.stop()
+        try:
+            answers = [await post_complaint(http, base, complaint_body(f"during the outage {n}"), f"during-{n}") for n in range(20)]
+            assert all(status == 202 for status, _ in answers)
+
+            async def reported_down() -> bool:
+                async with http.get(f"{base}/readyz") as response:
+                    body = await response.json()
+                    return response.status == 200 and body["accepting"] and body["kafka"]["available"] is False
+
+            await wait_for(reported_down, timeout=30)
+        finally:
+            broker.start()
+        records = await read_topic(kafka.bootstrap, topic, expect=42, timeout=90)
+
+    received = of_type(records, "received")
+    assert {r.key for r in received} == {a["reference"] for _, a in answers} | {received[0].key}
+    assert len(received) == 21
+    assert_no_duplicate_ce_id(records)
+    for record in received:
+        jsonschema.validate(record.data, SCHEMA)
+
+
+async def _published(gateway, count: int) -> bool:
+    return gateway.spool.pending_events_count == 0 and sum(
+        s.value for m in gateway.metrics.published.collect() for s in m.samples if s.name.endswith("_total")
+    ) >= count
+
+
+async def test_a_full_spool_answers_503_and_recovers_when_it_drains(tmp_path: Path, kafka, topic):
+    broker = kafka.require_control()
+    config = settings(tmp_path, kafka.bootstrap, topic, spool={"max_pending_events": 6})
+    async with running(config) as (gateway, base), aiohttp.ClientSession() as http:
+        await post_complaint(http, base, complaint_body(), "warm-up")
+        await wait_for(lambda: _published(gateway, 2))
+        broker.stop()
+        try:
+            statuses = [(await post_complaint(http, base, complaint_body(f"n{n}"), f"n-{n}"))[0] for n in range(3)]
+            full_status, full_body = await post_complaint(http, base, complaint_body("one too many"), "too-many")
+            async with http.get(f"{base}/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["spool"]["full"] is True
+        finally:
+            broker.start()
+        await wait_for(lambda: _published(gateway, 8), timeout=90)
+        after_status, _ = await post_complaint(http, base, complaint_body("one too many"), "too-many")
+    assert statuses == [202, 202, 202]
+    assert full_status == 503 and full_body["type"] == "/problems/try-again-later"
+    assert after_status == 202
+
+
+async def test_a_complaint_answered_202_survives_kill_9_and_is_published_once(tmp_path: Path, kafka, topic):
+    from tests.support.gateway import free_port
+
+    port = free_port()
+    config = tmp_path / "intake.toml"
+    config.write_text(
+        f"""
+log_format = "text"
+[http]
+port = {port}
+[spool]
+path = "{tmp_path / 'spool.sqlite3'}"
+[kafka]
+topic = "{topic}"
+[webhook.partners.acme]
+secrets = ["s3cret-for-tests-only-0123456789"]
+"""
+    )
+    gateway = GatewayProcess(config, port)
+    # First life: Kafka unreachable, so the complaint can only be in the spool when the process dies.
+    dead_port = free_port()
+    gateway.start(env={"INTAKE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{dead_port}"})
+    await gateway.wait_healthy()
+    async with aiohttp.ClientSession() as http:
+        status, answer = await post_complaint(http, gateway.base, complaint_body(), "kill-9")
+    gateway.kill()
+    assert status == 202
+    assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
+
+    gateway.start(env={"INTAKE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap})
+    try:
+        await gateway.wait_healthy()
+        records = await read_topic(kafka.bootstrap, topic, expect=2, timeout=60, settle=2)
+    finally:
+        assert gateway.terminate() == 0, gateway.log.read_text()[-2000:]
+    [received] = of_type(records, "received")
+    assert received.key == answer["reference"]
+    assert_no_duplicate_ce_id(records)
