@@ -78,6 +78,12 @@ class AcknowledgementConfig(_Section):
     default_locale: str = Field("en", description="Language used when the complainant's is unknown or unsupported.")
 
 
+class AttachmentsConfig(_Section):
+    directory: Path = Field(Path(".local/intake/attachments"), description="Where attachment bytes are stored (a shared volume on several replicas).")
+    max_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest attachment kept.")
+    max_count: int = Field(20, ge=0, description="Most attachments kept per message.")
+
+
 class PartnerConfig(_Section):
     secrets: list[SecretStr] = Field(..., min_length=1, description="HMAC secrets; more than one while rotating.")
 
@@ -122,7 +128,9 @@ class Settings(BaseSettings):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     acknowledgement: AcknowledgementConfig = Field(default_factory=AcknowledgementConfig)
+    attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+    # Channel sections follow, one line each.
 
     @classmethod
     def settings_customise_sources(

@@ -96,7 +96,8 @@ def acknowledgement_event(
     return _event(
         topic=topic,
         key=key,
-        ce_id=str(uuid.uuid5(complaint_id, "acknowledged")),
+        # One acknowledgement per channel it went out on (a form complaint: the page, then email).
+        ce_id=str(uuid.uuid5(complaint_id, f"acknowledged:{channel}")),
         ce_type=ACKNOWLEDGEMENT_FAILED if failed else COMPLAINT_ACKNOWLEDGED,
         source=f"{source}/{channel}",
         subject=reference,

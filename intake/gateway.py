@@ -10,11 +10,13 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from channels.webhook import WebhookChannel
+from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
@@ -24,6 +26,15 @@ from intake.replies import Replies, ReplySender
 from intake.spool import Spool
 
 log = logging.getLogger("intake.gateway")
+
+
+class Service(Protocol):
+    """A channel's long-running part (a listener, a mailbox watcher, a poller)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop taking new messages and finish the one in hand."""
 
 
 class Gateway:
@@ -69,6 +80,9 @@ class Gateway:
             source=settings.source,
             acknowledgement=settings.acknowledgement,
         )
+        self.attachments = AttachmentStore(
+            settings.attachments.directory, max_bytes=settings.attachments.max_bytes, max_count=settings.attachments.max_count
+        )
         self.reply_senders: dict[str, ReplySender] = {}
         self.replies = Replies(self.spool, self.reception, self.metrics, self.reply_senders, clock=clock)
         self.draining = False
@@ -78,14 +92,19 @@ class Gateway:
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics_page)
+        # Background loops of channels (IMAP, Telegram polling, SMTP listener): started and stopped with the gateway.
+        self.services: list[Service] = []
         if settings.webhook.enabled:
             self.app.router.add_routes(WebhookChannel(settings.webhook, self.reception, clock).routes())
+        # Channels follow, each wired in one block.
 
     # --- life ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the spool and start the background loops; the HTTP side is started by the caller."""
         await self.spool.open()
+        for service in self.services:
+            await service.start()
         self._tasks = [
             asyncio.create_task(self.publisher.run(), name="publisher"),
             asyncio.create_task(self.replies.run(), name="replies"),
@@ -100,6 +119,8 @@ class Gateway:
     async def stop(self) -> None:
         """Finish in-flight work, flush what Kafka will take within the grace period, close the spool."""
         self.draining = True
+        for service in reversed(self.services):
+            await service.stop()
         await self.replies.stop()
         await self.publisher.stop()
         grace = self.settings.shutdown_grace_seconds + 5

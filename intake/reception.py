@@ -31,6 +31,7 @@ log = logging.getLogger("intake.reception")
 # inline: the channel returns the acknowledgement in its own answer (webhook, TwiML, form page);
 # reply: it is sent later from the spool, with retries (email, Telegram);
 # none: the channel cannot or must not answer.
+# ``reply_via`` adds a later reply on another channel to any of these.
 AckMode = Literal["inline", "reply", "none"]
 ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
 
@@ -106,6 +107,7 @@ class Reception:
         received_at: dt.datetime,
         ack: AckMode,
         reply_payload: ReplyPayload | None = None,
+        reply_via: str | None = None,
         context: dict[str, Any] | None = None,
         cursor: tuple[str, str] | None = None,
         dead_letter_invalid: bool = False,
@@ -162,18 +164,20 @@ class Reception:
             submission.events.append(
                 self.acknowledged_event(complaint=complaint, payload={"locale": acknowledgement.locale}, sent_at=received_at)
             )
-        elif acknowledgement is not None and ack == "reply":
+        if acknowledgement is not None and (ack == "reply" or reply_via):
+            # reply_via: another channel also sends it later (a web form complaint acknowledged by email too).
             assert reply_payload is not None, "a channel that replies later must say how"
+            via = reply_via or complaint.channel
             payload = {
                 "complaint_id": str(complaint.id),
                 "reference": complaint.reference,
                 "key": complaint.key,
-                "channel": complaint.channel,
+                "channel": via,
                 "locale": acknowledgement.locale,
                 "received_at": received_at.timestamp(),
                 **reply_payload(complaint, acknowledgement),
             }
-            submission.replies = [Reply(channel=complaint.channel, payload=payload)]
+            submission.replies = [Reply(channel=via, payload=payload)]
         return self._outcome(await self.spool.accept(submission), channel)
 
     def _outcome(self, receipt: Any, channel: str) -> Outcome:

@@ -1,0 +1,81 @@
+"""The attachment store: attachment bytes live here, records carry only their metadata and location.
+
+Content-addressed (the SHA-256 of the bytes names the file), so a redelivered
+message writes nothing new and two copies of one photo are stored once. File
+names from customers are never used as paths: only a cleaned name is kept, as
+metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+from intake.errors import Rejected, TemporaryFailure
+from normalizer.record import Attachment
+
+_UNSAFE = re.compile(r"[^\w.\- ()\[\]]+", re.UNICODE)
+
+
+def safe_filename(name: str | None, default: str = "attachment") -> str:
+    """A name that is only a name: no directories, no control characters, no leading dots, at most 150 characters."""
+    if not name:
+        return default
+    name = unicodedata.normalize("NFC", name).replace("\\", "/").split("/")[-1]
+    name = _UNSAFE.sub("_", name).strip(" ._")
+    if len(name) > 150:
+        stem, dot, suffix = name.rpartition(".")
+        name = (stem[: 140 - len(suffix)] + dot + suffix) if dot and len(suffix) <= 10 else name[:150]
+    return name or default
+
+
+class AttachmentStore:
+    """A local directory (default), shared by every channel; on several replicas, a shared volume."""
+
+    def __init__(self, directory: Path, *, max_bytes: int = 25 * 1024 * 1024, max_count: int = 20) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+
+    def check(self, sizes: list[int]) -> None:
+        """Raise Rejected when a message carries more attachments, or a bigger one, than allowed."""
+        if len(sizes) > self.max_count:
+            raise Rejected(f"at most {self.max_count} attachments")
+        if any(size > self.max_bytes for size in sizes):
+            raise Rejected(f"an attachment may be at most {self.max_bytes} bytes")
+
+    def location(self, digest: str) -> str:
+        return (self.directory.resolve() / digest[:2] / digest).as_uri()
+
+    def _write(self, data: bytes, digest: str) -> None:
+        target = self.directory / digest[:2] / digest
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_suffix(f".{os.getpid()}.tmp")
+        with temporary.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+
+    async def put(self, data: bytes, *, filename: str | None, content_type: str) -> Attachment:
+        """Store the bytes durably (before the message that refers to them is spooled) and describe them."""
+        if len(data) > self.max_bytes:
+            raise Rejected(f"an attachment may be at most {self.max_bytes} bytes")
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            await asyncio.to_thread(self._write, data, digest)
+        except OSError as error:
+            raise TemporaryFailure(f"attachment store: {error.strerror}") from None
+        return Attachment(
+            filename=safe_filename(filename),
+            content_type=content_type or "application/octet-stream",
+            size=len(data),
+            sha256=digest,
+            location=self.location(digest),
+        )
