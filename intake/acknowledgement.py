@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from babel import Locale
@@ -57,12 +58,29 @@ def compose(
         raise ValueError("response_days must be at least 1")
 
     used = negotiate(locale)
+    template = _template(used, response_days, " ".join(organisation.split()), follow_up)
+    return Acknowledgement(
+        locale=template.locale,
+        direction=template.direction,
+        subject=template.subject.replace(_SLOT, reference),
+        text=template.text.replace(_SLOT, reference),
+        short=template.short.replace(_SLOT, reference),
+    )
+
+
+# Stands for the reference while the text is composed once per (locale, promise):
+# composing runs for every complaint received, and only the reference differs.
+_SLOT = "\ue000"
+
+
+@functools.lru_cache(maxsize=512)
+def _template(used: str, response_days: int, organisation: str, follow_up: bool) -> Acknowledgement:
+    reference = _SLOT
     direction = text_direction(used)
     catalog = translations(used)
     _ = catalog.gettext
     ngettext = catalog.ngettext
 
-    organisation = " ".join(organisation.split())
     if direction == "rtl":
         reference = f"{_LRI}{reference}{_PDI}"
         # The organisation's name may be in any script; let its first strong

@@ -30,8 +30,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(Gateway(settings).serve())
+    _event_loop_runner()(Gateway(settings).serve())
     return 0
+
+
+def _event_loop_runner():  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:  # not on every platform; the standard loop works, slower
+        return asyncio.run
+    return uvloop.run
 
 
 def _schema(args: argparse.Namespace) -> int:

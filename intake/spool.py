@@ -229,21 +229,14 @@ class Spool:
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn)
-                except Exception as error:  # one bad message must not fail the others in its batch
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, None, error))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, result, None))
-            conn.execute("COMMIT")
+            try:
+                outcomes = self._run_batch(conn, batch, isolated=False)
+            except Exception:  # some op failed: redo the batch with each op in its own savepoint
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._recount(conn)
+                outcomes = self._run_batch(conn, batch, isolated=True)
             self.commits += 1
         except sqlite3.Error as error:
             if conn.in_transaction:
@@ -255,6 +248,32 @@ class Spool:
             self._batch_wrote_events = False
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self.events_written.set)
+        return outcomes
+
+    @staticmethod
+    def _run_batch(
+        conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]], *, isolated: bool
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Run every op in one transaction and commit. Not isolated, the first failing op raises
+        (the fast path: savepoints cost two statements per op); isolated, each op runs in a
+        savepoint, so one bad message fails alone and the rest of its batch commits."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for op, future in batch:
+            if not isolated:
+                outcomes.append((future, op(conn), None))
+                continue
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op(conn)
+            except Exception as error:  # the failure is this op's caller's to handle
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((future, None, error))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((future, result, None))
+        conn.execute("COMMIT")
         return outcomes
 
     def _recount(self, conn: sqlite3.Connection) -> None:
@@ -299,14 +318,9 @@ class Spool:
         self._check_capacity()
 
         def op(conn: sqlite3.Connection) -> Receipt:
-            row = conn.execute("SELECT raw_digest, answer FROM message WHERE key = ?", (submission.key,)).fetchone()
-            if row is not None:
-                if submission.cursor is not None:
-                    self._set_cursor(conn, *submission.cursor)
-                return Receipt(duplicate=True, same_content=row[0] == submission.raw_digest, answer=json.loads(row[1]))
-            conn.execute(
+            inserted = conn.execute(
                 "INSERT INTO message (key, channel, reference, received_at, raw, raw_digest, context, answer, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
                 (
                     submission.key,
                     submission.channel,
@@ -318,7 +332,12 @@ class Spool:
                     json.dumps(submission.answer),
                     "dead_letter" if submission.dead_letter else "accepted",
                 ),
-            )
+            ).rowcount
+            if not inserted:
+                row = conn.execute("SELECT raw_digest, answer FROM message WHERE key = ?", (submission.key,)).fetchone()
+                if submission.cursor is not None:
+                    self._set_cursor(conn, *submission.cursor)
+                return Receipt(duplicate=True, same_content=row[0] == submission.raw_digest, answer=json.loads(row[1]))
             for reply in submission.replies:
                 conn.execute(
                     "INSERT INTO reply (message_key, channel, payload, not_before) VALUES (?, ?, ?, ?)",

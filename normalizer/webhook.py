@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -92,15 +91,12 @@ def _field_errors(error: ValidationError) -> list[FieldError]:
 def parse(raw: bytes) -> PartnerComplaint:
     """Validate a partner's body; InvalidMessage names every wrong field."""
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidMessage("the body is not JSON", [FieldError("(body)", str(error))]) from None
-    if not isinstance(document, dict):
-        raise InvalidMessage("the body must be a JSON object", [FieldError("(body)", "expected an object")])
-    try:
-        return PartnerComplaint.model_validate(document)
+        return PartnerComplaint.model_validate_json(raw)
     except ValidationError as error:
-        raise InvalidMessage("the complaint has invalid fields", _field_errors(error)) from None
+        errors = _field_errors(error)
+        if any(item["type"] in ("json_invalid", "model_type") and not item["loc"] for item in error.errors()):
+            raise InvalidMessage("the body is not a JSON object", [FieldError("(body)", errors[0].detail)]) from None
+        raise InvalidMessage("the complaint has invalid fields", errors) from None
 
 
 def channel_message_id(partner: str, idempotency_key: str) -> str:

@@ -162,3 +162,16 @@ async def test_nothing_acknowledged_is_lost_on_kill_9(tmp_path: Path):
     await spool.close()
     assert missing == []
     assert status.messages >= acknowledged
+
+
+async def test_one_bad_message_fails_alone_and_its_batch_commits(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    bad = submission(13)
+    bad.context = {"not json": object()}
+    results = await asyncio.gather(*(spool.accept(submission(n) if n != 13 else bad) for n in range(30)), return_exceptions=True)
+    status = await spool.status()
+    await spool.close()
+    assert isinstance(results[13], TypeError)
+    assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 13)
+    assert status.messages == 29 and status.pending_events == 29
