@@ -73,6 +73,7 @@ def _check(records, positions) -> None:
     assert {r.key: (r.partition, r.offset) for r in records} == positions
 
 
+@pytest.mark.kafka
 @pytest.mark.asyncio
 async def test_broker_roundtrip_survives_restart(tmp_path: Path) -> None:
     broker = KafkaBroker(tmp_path / "kafka")

@@ -94,8 +94,17 @@ cmd_fetch() {
 is_kafka_pid() {
     local pid="$1" cmdline
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    cmdline="$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" || return 1
     [[ "$cmdline" == *kafka.Kafka* ]]
+}
+
+# Does process $1 exist and is not a zombie? (No cmdline check: right after the
+# fork the child is still bash/setsid, not yet java.)
+proc_alive() {
+    local stat
+    stat="$({ cat "/proc/$1/stat"; } 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ -n "$stat" && "${stat:0:1}" != Z ]]
 }
 
 running_pid() {
@@ -132,6 +141,11 @@ min.insync.replicas=1
 auto.create.topics.enable=true
 num.partitions=3
 group.initial.rebalance.delay.ms=0
+
+# After a SIGKILL the restarted broker cannot re-register until the old
+# registration's session expires (default 9 s); keep that short for tests.
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=3000
 EOF
 }
 
@@ -216,7 +230,7 @@ wait_ready() {
     local pid="$1" timeout="${TIMEOUT:-60}" py="" start=$SECONDS
     py="$(pick_python)" || py=""
     while :; do
-        is_kafka_pid "$pid" || { rm -f "$PID_FILE"; fail_start "Kafka (pid $pid) exited during startup"; }
+        proc_alive "$pid" || { rm -f "$PID_FILE"; fail_start "Kafka (pid $pid) exited during startup"; }
         if [[ -n "$py" ]]; then
             probe_python "$py" && break
         elif probe_tcp; then
