@@ -122,6 +122,10 @@ async def test_complaints_taken_while_kafka_is_down_are_published_once_it_return
         try:
             answers = [await post_complaint(http, base, complaint_body(f"during the outage {n}"), f"during-{n}") for n in range(20)]
             assert all(status == 202 for status, _ in answers)
+            follow_up = await post_complaint(
+                http, base, complaint_body("and another thing", follows_up=answers[3][1]["reference"]), "during-3-b"
+            )
+            assert follow_up[0] == 202
 
             async def reported_down() -> bool:
                 async with http.get(f"{base}/readyz") as response:
@@ -131,12 +135,16 @@ async def test_complaints_taken_while_kafka_is_down_are_published_once_it_return
             await wait_for(reported_down, timeout=30)
         finally:
             broker.start()
-        records = await read_topic(kafka.bootstrap, topic, expect=42, timeout=90)
+        records = await read_topic(kafka.bootstrap, topic, expect=44, timeout=90)
 
     received = of_type(records, "received")
     assert {r.key for r in received} == {a["reference"] for _, a in answers} | {received[0].key}
     assert len(received) == 21
     assert_no_duplicate_ce_id(records)
+    # The backlog drains in order per key: the follow-up comes after the complaint it follows.
+    [followed] = of_type(records, "followed_up")
+    [original] = [r for r in received if r.key == answers[3][1]["reference"]]
+    assert followed.partition == original.partition and followed.offset > original.offset
     for record in received:
         jsonschema.validate(record.data, SCHEMA)
 
