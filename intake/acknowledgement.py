@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from babel import Locale
@@ -39,7 +40,7 @@ class Acknowledgement:
 
 def compose(
     reference: str,
-    locale: str | None,
+    locale: str | Iterable[str] | None,
     *,
     response_days: int = 5,
     organisation: str = "",

@@ -68,9 +68,11 @@ class Reception:
         self._ack = acknowledgement
 
     def acknowledgement_for(self, complaint: Complaint) -> Acknowledgement:
+        preferences = [tag for tag in (complaint.complainant.locale, complaint.language) if tag]
         return compose(
             complaint.key,
-            complaint.complainant.locale or complaint.language or self._ack.default_locale,
+            # In order; a language without a catalog falls through to the operator's default, not to English.
+            [*preferences, self._ack.default_locale],
             response_days=self._ack.response_days,
             organisation=self._ack.organisation,
             follow_up=complaint.follows_up is not None,

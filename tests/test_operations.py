@@ -170,3 +170,17 @@ async def test_metrics_and_spool_status_count_per_channel(tmp_path: Path, kafka,
     status = intake("spool", "status", env={"INTAKE_SPOOL__PATH": str(config.spool.path)})
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["messages"] == 1
+
+
+def test_a_language_without_a_catalog_falls_back_to_the_configured_default():
+    from intake.config import AcknowledgementConfig
+    from intake.reception import Reception
+    from normalizer import webhook
+
+    reception = Reception(
+        None, None, topic="t", dead_letter_topic="d", source="urn:t",  # type: ignore[arg-type]
+        acknowledgement=AcknowledgementConfig(default_locale="pl"),
+    )
+    body = complaint_body(complainant={"locale": "it"}, language="it")
+    complaint = webhook.to_complaint(body, partner="acme", idempotency_key="k", received_at=dt.datetime.now(dt.timezone.utc))
+    assert reception.acknowledgement_for(complaint).locale == "pl"
