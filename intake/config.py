@@ -16,6 +16,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from channels.email import EmailConfig
+from channels.telegram import TelegramConfig
+from channels.twilio import TwilioConfig
+from channels.web_form import WebFormConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -131,6 +136,10 @@ class Settings(BaseSettings):
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     # Channel sections follow, one line each.
+    web_form: WebFormConfig = Field(default_factory=WebFormConfig)
+    email: EmailConfig = Field(default_factory=EmailConfig)
+    twilio: TwilioConfig = Field(default_factory=TwilioConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,10 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from channels import email as email_channel
+from channels.telegram import TelegramChannel
+from channels.twilio import TwilioChannel
+from channels.web_form import WebFormChannel
 from channels.webhook import WebhookChannel
 from intake.attachments import AttachmentStore
 from intake.config import Settings
@@ -97,6 +101,36 @@ class Gateway:
         if settings.webhook.enabled:
             self.app.router.add_routes(WebhookChannel(settings.webhook, self.reception, clock).routes())
         # Channels follow, each wired in one block.
+        if settings.web_form.enabled:
+            web_form = WebFormChannel(
+                settings.web_form,
+                http=settings.http,
+                acknowledgement=settings.acknowledgement,
+                reception=self.reception,
+                attachments=self.attachments,
+                reply_senders=self.reply_senders,
+                email_domain=settings.email.relay.domain,
+                clock=clock,
+            )
+            self.app.router.add_routes(web_form.routes())
+        if settings.email.enabled:
+            email = email_channel.build(settings, self)
+            self.services.extend(email.services)
+            if email.sender is not None:
+                self.reply_senders["email"] = email.sender
+        if settings.twilio.enabled:
+            twilio = TwilioChannel(
+                settings.twilio, self.reception, self.attachments, self.metrics, public_base_url=settings.http.public_base_url, clock=clock
+            )
+            self.app.router.add_routes(twilio.routes())
+            self.services.append(twilio)
+        if settings.telegram.enabled:
+            telegram = TelegramChannel(
+                settings.telegram, self.reception, self.attachments, public_base_url=settings.http.public_base_url, clock=clock
+            )
+            self.app.router.add_routes(telegram.routes())
+            self.services.append(telegram)
+            self.reply_senders["telegram"] = telegram
 
     # --- life ---------------------------------------------------------------------
 

@@ -46,7 +46,8 @@ class Replies:
         self._spool = spool
         self._reception = reception
         self._metrics = metrics
-        self._senders = dict(senders)
+        # Kept by reference, not copied: channels register their senders after the gateway has built this.
+        self._senders = senders
         self._max_attempts = max_attempts
         self._first_retry = first_retry
         self._max_retry = max_retry

@@ -1,0 +1,219 @@
+"""The email channel: its configuration, and the SMTP listener, IMAP mailboxes and acknowledgement sender it builds.
+
+Mail comes in two ways, an SMTP listener (``smtp.py``) and IMAP mailboxes
+(``imap.py``), and is acknowledged by email through a relay (``reply.py``).
+Both ways use the Message-ID as the channel message id, so one mail received
+through both is one complaint.
+
+This module only imports pydantic: ``intake.config`` imports it, and the
+listener and watchers import ``intake.config`` back through ``intake.reception``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from intake.config import Settings
+    from intake.gateway import Gateway, Service
+    from intake.replies import ReplySender
+
+__all__ = [
+    "EmailChannel",
+    "EmailConfig",
+    "ImapMailboxConfig",
+    "EmailLimitsConfig",
+    "RelayConfig",
+    "SmtpListenerConfig",
+    "build",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SmtpListenerConfig(_Section):
+    enabled: bool = Field(False, description="Run the SMTP listener (mail delivered to the gateway by an MTA or directly).")
+    host: str = Field("127.0.0.1", description="Address the SMTP listener binds (0.0.0.0 in a container).")
+    port: int = Field(2525, ge=0, le=65535, description="Port of the SMTP listener (25 behind a firewall, 2525 on a laptop).")
+    hostname: str | None = Field(None, description="Name in the greeting and EHLO answer; default: this host's FQDN.")
+    accept: list[str] = Field(
+        default_factory=list,
+        description="Addresses (complaints@example.com) or domains (example.com) mail is accepted for, case-insensitive; "
+        "every other recipient gets 550, so the listener is never an open relay.",
+    )
+    max_message_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest message accepted, advertised as SIZE; larger ones get 552."
+    )
+    timeout_seconds: float = Field(
+        300, gt=0, description="An idle SMTP session is closed after this long (RFC 5321 asks 5 minutes)."
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) offering STARTTLS; with tls_key.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    require_starttls: bool = Field(False, description="Refuse mail from clients that did not STARTTLS first (needs tls_cert).")
+    auth_required: bool = Field(False, description="Only authenticated clients may send (AUTH PLAIN/LOGIN against `users`).")
+    auth_require_tls: bool = Field(True, description="Offer AUTH only inside STARTTLS, so passwords never travel in clear.")
+    users: dict[str, SecretStr] = Field(default_factory=dict, description="SMTP AUTH login to its secret.")
+
+    @field_validator("accept")
+    @classmethod
+    def _lower_case(cls, accept: list[str]) -> list[str]:
+        cleaned = [entry.strip().lstrip("@").lower() for entry in accept if entry.strip()]
+        for entry in cleaned:
+            if " " in entry or entry.count("@") > 1:
+                raise ValueError(f"{entry!r} is neither an address nor a domain")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SmtpListenerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.require_starttls and self.tls_cert is None:
+            raise ValueError("require_starttls needs tls_cert and tls_key")
+        if self.auth_required and not self.users:
+            raise ValueError("auth_required needs at least one entry in users")
+        if self.auth_required and self.auth_require_tls and self.tls_cert is None:
+            raise ValueError("auth_required with auth_require_tls needs tls_cert and tls_key")
+        if self.enabled and not self.accept:
+            raise ValueError("the SMTP listener needs `accept`: the addresses or domains it takes mail for")
+        return self
+
+
+class ImapMailboxConfig(_Section):
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Names this mailbox in the spool's cursor and in records' origin."
+    )
+    host: str = Field("127.0.0.1", description="IMAP server.")
+    port: int | None = Field(None, ge=1, le=65535, description="Default: 993 with security=tls, else 143.")
+    security: Literal["tls", "starttls", "none"] = Field(
+        "tls", description="Implicit TLS (993), STARTTLS, or none (loopback only)."
+    )
+    ca_file: Path | None = Field(None, description="CA bundle to verify the server with; default: the system's.")
+    username: str = Field(..., description="Login of the mailbox.")
+    password: SecretStr = Field(..., description="Password or app password of the mailbox.")
+    folder: str = Field("INBOX", description="Folder watched for complaints.")
+    after_import: Literal["seen", "move"] = Field(
+        "seen", description="Once a message is safely in the spool: flag it \\Seen, or move it to `move_to`."
+    )
+    move_to: str = Field(
+        "Imported", description="Folder imported messages are moved to (created when missing) with after_import=move."
+    )
+    idle_seconds: float = Field(
+        540,
+        ge=1,
+        le=600,
+        description="An IDLE is re-issued this often (RFC 2177 servers drop it after 30 minutes; 10 at most here).",
+    )
+    poll_seconds: float = Field(60, ge=0.2, description="Polling interval for servers without IDLE.")
+    timeout_seconds: float = Field(60, gt=0, description="Socket timeout of one IMAP command.")
+    reconnect_max_seconds: float = Field(300, ge=1, description="Cap of the backoff between reconnection attempts.")
+
+    @property
+    def cursor_name(self) -> str:
+        return f"imap:{self.name}"
+
+    @model_validator(mode="after")
+    def _move_elsewhere(self) -> ImapMailboxConfig:
+        if self.after_import == "move" and self.move_to == self.folder:
+            raise ValueError("move_to must be another folder than the one watched")
+        return self
+
+
+class RelayConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="Send email acknowledgements even when neither the SMTP listener nor an IMAP mailbox is on "
+        "(for channels that also acknowledge by email, e.g. the web form). On automatically with either.",
+    )
+    host: str = Field("127.0.0.1", description="SMTP relay acknowledgements are sent through.")
+    port: int = Field(
+        25, ge=1, le=65535, description="Port of the relay (587 for submission with STARTTLS, 465 for implicit TLS)."
+    )
+    security: Literal["auto", "starttls", "tls", "none"] = Field(
+        "auto", description="auto: STARTTLS when the relay offers it; starttls: required; tls: implicit TLS; none: never."
+    )
+    validate_certs: bool = Field(True, description="Verify the relay's certificate.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the relay with; default: the system's.")
+    username: str | None = Field(None, description="SMTP AUTH login at the relay, if it asks for one.")
+    password: SecretStr | None = Field(None, description="SMTP AUTH password at the relay.")
+    timeout_seconds: float = Field(30, gt=0, description="Bound on one delivery attempt; a timeout is retried from the spool.")
+    from_address: str = Field("complaints@localhost", description="From: of acknowledgements; the address customers reply to.")
+    from_name: str = Field("", description="Display name in From: (default: the organisation's name).")
+    envelope_sender: str = Field(
+        "",
+        description="MAIL FROM of acknowledgements. Empty is the null sender <> that RFC 3834 recommends for automatic "
+        "responses (bounces of an acknowledgement go nowhere, responders do not answer it); "
+        "set an address if the relay refuses <>.",
+    )
+    message_id_domain: str | None = Field(None, description="Domain of our Message-IDs; default: the domain of from_address.")
+
+    @property
+    def domain(self) -> str:
+        return self.message_id_domain or self.from_address.rpartition("@")[2] or "localhost"
+
+
+class EmailLimitsConfig(_Section):
+    acknowledgements_per_recipient: int = Field(
+        10, ge=1, description="At most this many acknowledgements to one address within the window (Zammad's 10 in 10 minutes); "
+        "beyond it they are suppressed, so a loop with a misconfigured auto-responder dies out."
+    )
+    acknowledgement_window_seconds: float = Field(600, gt=0, description="The window of acknowledgements_per_recipient.")
+
+
+class EmailConfig(_Section):
+    smtp: SmtpListenerConfig = Field(default_factory=SmtpListenerConfig)
+    imap: list[ImapMailboxConfig] = Field(default_factory=list, description="Mailboxes watched for complaints; none by default.")
+    relay: RelayConfig = Field(default_factory=RelayConfig)
+    limits: EmailLimitsConfig = Field(default_factory=EmailLimitsConfig)
+
+    @field_validator("imap")
+    @classmethod
+    def _unique_names(cls, mailboxes: list[ImapMailboxConfig]) -> list[ImapMailboxConfig]:
+        names = [mailbox.name for mailbox in mailboxes]
+        if len(names) != len(set(names)):
+            raise ValueError("mailbox names must be unique: each keeps its own position in the spool")
+        return mailboxes
+
+    @property
+    def receiving(self) -> bool:
+        return self.smtp.enabled or bool(self.imap)
+
+    @property
+    def enabled(self) -> bool:
+        return self.receiving or self.relay.enabled
+
+
+@dataclass
+class EmailChannel:
+    """What the gateway runs for email: long-running services and the acknowledgement sender."""
+
+    services: list[Service] = field(default_factory=list)
+    sender: ReplySender | None = None
+
+
+def build(settings: Settings, gateway: Gateway) -> EmailChannel:
+    """Build the parts ``settings.email`` asks for, on the gateway's spool, reception and attachment store."""
+    # Imported here: this module is imported by intake.config, which these import back.
+    from channels.email.imap import MailboxWatcher
+    from channels.email.inbound import Inbound
+    from channels.email.reply import AcknowledgementSender
+    from channels.email.smtp import SmtpListener
+
+    config = settings.email
+    channel = EmailChannel()
+    if not config.enabled:
+        return channel
+    channel.sender = AcknowledgementSender(
+        config.relay, config.limits, gateway.metrics, organisation=settings.acknowledgement.organisation
+    )
+    inbound = Inbound(config, gateway.reception, gateway.attachments)
+    if config.smtp.enabled:
+        channel.services.append(SmtpListener(config.smtp, inbound))
+    for mailbox in config.imap:
+        channel.services.append(MailboxWatcher(mailbox, inbound, gateway.spool))
+    return channel

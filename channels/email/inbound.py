@@ -1,0 +1,157 @@
+"""One received mail, whichever way it came (SMTP or IMAP): attachments stored, then one spool write.
+
+The Message-ID is the channel message id, so the same mail received by SMTP and
+by IMAP, or found again after a UIDVALIDITY change, is one complaint. A mail
+that cannot be normalised is dead-lettered, never refused or dropped: the
+sender of a mail cannot be asked to fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from typing import Any
+
+from channels.email import EmailConfig
+from channels.email.reply import acknowledgement_payload
+from intake.acknowledgement import Acknowledgement
+from intake.attachments import AttachmentStore
+from intake.errors import Rejected
+from intake.reception import Outcome, Reception, ReplyPayload
+from normalizer import email as mail
+from normalizer.errors import InvalidMessage
+from normalizer.record import Attachment, Complaint
+
+log = logging.getLogger("intake.email")
+
+
+class Inbound:
+    """Turns raw mail into spooled complaints for the SMTP listener and the IMAP watchers."""
+
+    def __init__(self, config: EmailConfig, reception: Reception, attachments: AttachmentStore) -> None:
+        self._reception = reception
+        self._attachments = attachments
+        self._domain = config.relay.domain
+        # Never acknowledge a mail from ourselves: our own acknowledgement would come back as a complaint.
+        own = {config.relay.from_address, config.relay.envelope_sender}
+        own.update(entry for entry in config.smtp.accept if "@" in entry)
+        self._own_addresses = {address.lower() for address in own if address}
+
+    async def receive(
+        self,
+        raw: bytes,
+        *,
+        received_at: dt.datetime,
+        envelope_sender: str | None,
+        origin: dict[str, str],
+        context: dict[str, Any],
+        cursor: tuple[str, str] | None = None,
+    ) -> Outcome:
+        """Store one mail; raises TemporaryFailure (SpoolFull included) when nothing was stored."""
+        try:
+            # Parsing a large MIME tree takes a while: off the event loop, which other channels share.
+            parsed = await asyncio.to_thread(mail.parse, raw, envelope_sender=envelope_sender)
+        except InvalidMessage as error:
+            return await self._dead_letter(raw, str(error), received_at=received_at, context=context, cursor=cursor)
+        except Exception as error:  # a normalizer bug must not make one mail block a mailbox or bounce
+            log.error(
+                "the email parser failed",
+                extra={"event": "email_parser_failed", "error_type": type(error).__name__},
+                exc_info=True,
+            )
+            return await self._dead_letter(
+                raw, f"the email parser failed: {type(error).__name__}", received_at=received_at, context=context, cursor=cursor
+            )
+
+        stored, skipped = await self._store_attachments(parsed.attachments)
+        origin = dict(origin)
+        if skipped:
+            # The complaint is kept without them; the raw message in the spool still holds every byte.
+            origin["attachments_skipped"] = str(skipped)
+            origin["attachments_limit"] = f"{self._attachments.max_count} files of at most {self._attachments.max_bytes} bytes"
+
+        recipient = parsed.reply_to  # None when the normalizer found a robot: RFC 3834, never answered
+        answerable = recipient is not None and recipient.lower() not in self._own_addresses
+
+        def normalize() -> Complaint:
+            try:
+                return mail.to_complaint(parsed, raw, received_at=received_at, attachments=stored, origin=origin)
+            except InvalidMessage:
+                raise
+            except Exception as error:  # dead-lettered with the raw message kept, replayable once fixed
+                log.error(
+                    "the email normalizer failed",
+                    extra={"event": "email_normalizer_failed", "error_type": type(error).__name__},
+                    exc_info=True,
+                )
+                raise InvalidMessage(f"the email normalizer failed: {type(error).__name__}") from error
+
+        return await self._reception.receive(
+            channel="email",
+            channel_message_id=parsed.channel_message_id,
+            raw=raw,
+            normalize=normalize,
+            received_at=received_at,
+            ack="reply" if answerable else "none",
+            reply_payload=self._reply_payload(parsed, recipient) if answerable else None,
+            context=context,
+            cursor=cursor,
+            dead_letter_invalid=True,
+        )
+
+    def _reply_payload(self, parsed: mail.ParsedMail, recipient: str | None) -> ReplyPayload:
+        assert recipient is not None
+
+        def payload(complaint: Complaint, acknowledgement: Acknowledgement) -> dict[str, Any]:
+            return acknowledgement_payload(
+                complaint,
+                acknowledgement,
+                to=recipient,
+                to_name=parsed.sender_name if recipient == parsed.sender else None,
+                in_reply_to=parsed.message_id,
+                references=parsed.references,
+                domain=self._domain,
+            )
+
+        return payload
+
+    async def _store_attachments(self, attachments: list[mail.MailAttachment]) -> tuple[list[Attachment], int]:
+        """Store what the limits allow, before the spool write that refers to it; count what was skipped."""
+        stored: list[Attachment] = []
+        skipped = 0
+        for attachment in attachments:
+            if len(stored) >= self._attachments.max_count or len(attachment.data) > self._attachments.max_bytes:
+                skipped += 1
+                continue
+            try:
+                stored.append(
+                    await self._attachments.put(
+                        attachment.data, filename=attachment.filename, content_type=attachment.content_type
+                    )
+                )
+            except Rejected:  # the store's own limits, should they differ from the ones checked above
+                skipped += 1
+        return stored, skipped
+
+    async def _dead_letter(
+        self, raw: bytes, error: str, *, received_at: dt.datetime, context: dict[str, Any], cursor: tuple[str, str] | None
+    ) -> Outcome:
+        # Without a parsed Message-ID the bytes themselves name the message, so a redelivery is still one.
+        channel_message_id = f"sha256:{hashlib.sha256(raw).hexdigest()}"
+
+        def unparseable() -> Complaint:
+            raise InvalidMessage(error)
+
+        return await self._reception.receive(
+            channel="email",
+            channel_message_id=channel_message_id,
+            raw=raw,
+            normalize=unparseable,
+            received_at=received_at,
+            ack="none",
+            context=context,
+            cursor=cursor,
+            dead_letter_invalid=True,
+        )

@@ -1,0 +1,225 @@
+"""Email acknowledgements: composed from the spooled reply payload and sent through the configured relay.
+
+The payload is written to the spool with the complaint (``acknowledgement_payload``)
+and handed to ``AcknowledgementSender.send_reply`` by ``intake.replies`` until it
+goes out: a relay outage delays acknowledgements, it loses none.
+
+Loops with auto-responders die out here: at most ``acknowledgements_per_recipient``
+acknowledgements go to one address per window. One beyond that is suppressed:
+the sender raises Rejected, so ``intake.replies`` records an
+``acknowledgement_failed`` event saying why instead of retrying it. A retried
+acknowledgement would still feed the loop (only later), and one dropped without
+an event would leave downstream believing the customer had been answered or
+that the acknowledgement was still on its way; the failed event lets a case
+worker see the complaint was never acknowledged, and why.
+"""
+
+from __future__ import annotations
+
+import collections
+import html
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formataddr, formatdate
+from typing import TYPE_CHECKING, Any
+
+import aiosmtplib
+
+from intake.acknowledgement import Acknowledgement
+from intake.errors import Rejected, TemporaryFailure
+from intake.metrics import Metrics
+from normalizer import email as mail
+from normalizer.record import Complaint
+
+if TYPE_CHECKING:
+    from channels.email import EmailLimitsConfig, RelayConfig
+
+log = logging.getLogger("intake.email.reply")
+
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,900}>")
+# RFC 5322 §3.6.4 lets References be trimmed; keep the thread's root and its latest messages.
+_MAX_REFERENCES = 20
+
+
+def _message_ids(values: Iterable[str | None]) -> list[str]:
+    """Well-formed msg-ids only: these come from the customer's mail and end up in our headers."""
+    found: list[str] = []
+    for value in values:
+        for message_id in _MESSAGE_ID.findall(value or ""):
+            if message_id not in found:
+                found.append(message_id)
+    return found
+
+
+def acknowledgement_payload(
+    complaint: Complaint,
+    acknowledgement: Acknowledgement,
+    *,
+    to: str,
+    to_name: str | None = None,
+    in_reply_to: str | None = None,
+    references: Iterable[str] = (),
+    domain: str,
+) -> dict[str, Any]:
+    """What an email acknowledgement needs, as JSON for the spool (also for channels that acknowledge by email).
+
+    Our Message-ID encodes the complaint's key (the complaint a follow-up
+    follows), so a reply to any acknowledgement finds its complaint again
+    without shared state; it is fixed here, so a resend after a relay outage
+    carries the same one.
+    """
+    theirs = _message_ids([in_reply_to])
+    chain = _message_ids(references) + [m for m in theirs if m not in _message_ids(references)]
+    if len(chain) > _MAX_REFERENCES:
+        chain = chain[:1] + chain[-(_MAX_REFERENCES - 1) :]
+    return {
+        "to": to,
+        "to_name": " ".join((to_name or "").split())[:200] or None,
+        "subject": acknowledgement.subject,
+        "text": acknowledgement.text,
+        "direction": acknowledgement.direction,
+        "message_id": mail.our_message_id(complaint.key, complaint.id, domain),
+        "in_reply_to": theirs[0] if theirs else None,
+        "references": chain,
+    }
+
+
+class AcknowledgementSender:
+    """``gateway.reply_senders["email"]``: sends one acknowledgement per call, rate-limited per recipient."""
+
+    def __init__(
+        self,
+        relay: RelayConfig,
+        limits: EmailLimitsConfig,
+        metrics: Metrics,
+        *,
+        organisation: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._relay = relay
+        self._limits = limits
+        self._metrics = metrics
+        self._from_name = relay.from_name or organisation
+        self._clock = clock
+        # Per process: after a restart a loop gets one more window's worth, then stops again.
+        self._sent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._swept_at = clock()
+        self._tls = self._tls_context()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self._relay.security == "none":
+            return None
+        context = ssl.create_default_context(cafile=str(self._relay.ca_file) if self._relay.ca_file else None)
+        if not self._relay.validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _within_limit(self, recipient: str) -> bool:
+        window = self._limits.acknowledgement_window_seconds
+        now = self._clock()
+        if now - self._swept_at >= window:
+            # Once per window, forget every address whose last acknowledgement is out of it: the map stays
+            # as small as the number of people acknowledged recently.
+            recent = {address: times for address, times in self._sent.items() if times and times[-1] > now - window}
+            self._sent = collections.defaultdict(collections.deque, recent)
+            self._swept_at = now
+        sent = self._sent.get(recipient)
+        if not sent:
+            return True
+        while sent and sent[0] <= now - window:
+            sent.popleft()
+        return len(sent) < self._limits.acknowledgements_per_recipient
+
+    def compose(self, payload: dict[str, Any]) -> EmailMessage:
+        """The acknowledgement as a message: localised, threaded, and marked as an automatic reply (RFC 3834)."""
+        message = EmailMessage(policy=SMTP_POLICY)
+        try:
+            message["From"] = Address(display_name=self._from_name, addr_spec=self._relay.from_address)
+            message["To"] = formataddr((payload.get("to_name") or "", payload["to"]))
+        except (ValueError, IndexError) as error:  # IndexError: the email package on some malformed addresses
+            raise Rejected(f"not an address we can write to: {type(error).__name__}") from None
+        message["Subject"] = payload["subject"]
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = payload["message_id"]
+        if payload.get("in_reply_to"):
+            message["In-Reply-To"] = payload["in_reply_to"]
+        if payload.get("references"):
+            message["References"] = " ".join(payload["references"])
+        message["Auto-Submitted"] = "auto-replied"
+        message["X-Auto-Response-Suppress"] = "All"
+        message.set_content(payload["text"], charset="utf-8")
+        if payload.get("direction") == "rtl":
+            # Plain text has no direction; mail clients that show the HTML part lay it out right to left.
+            paragraphs = "".join(f"<p>{html.escape(part)}</p>" for part in payload["text"].split("\n\n"))
+            locale = html.escape(payload["locale"], quote=True)
+            message.add_alternative(
+                f'<!DOCTYPE html><html lang="{locale}" dir="rtl"><head><meta charset="utf-8"></head>'
+                f'<body dir="rtl" style="direction:rtl;text-align:right">{paragraphs}</body></html>',
+                subtype="html",
+                charset="utf-8",
+            )
+        # After the content: setting the content clears every Content-* header.
+        message["Content-Language"] = payload["locale"]
+        return message
+
+    async def send_reply(self, payload: dict[str, Any]) -> None:
+        """Send it; TemporaryFailure: try again later; Rejected: never (refused recipient, rate limit)."""
+        recipient = payload["to"].strip().lower()
+        if not self._within_limit(recipient):
+            self._metrics.acknowledgements.labels(channel="email", outcome="suppressed").inc()
+            log.warning(
+                "acknowledgement suppressed: too many to one address",
+                extra={"event": "acknowledgement_suppressed", "reference": payload.get("reference")},
+            )
+            raise Rejected(
+                f"suppressed: {self._limits.acknowledgements_per_recipient} acknowledgements to this address within "
+                f"{self._limits.acknowledgement_window_seconds:g} s (auto-responder loop protection)"
+            )
+        message = self.compose(payload)
+        relay = self._relay
+        try:
+            await aiosmtplib.send(
+                message,
+                sender=relay.envelope_sender,
+                recipients=[payload["to"]],
+                hostname=relay.host,
+                port=relay.port,
+                username=relay.username,
+                password=relay.password.get_secret_value() if relay.password else None,
+                use_tls=relay.security == "tls",
+                start_tls={"auto": None, "starttls": True, "tls": False, "none": False}[relay.security],
+                tls_context=self._tls,
+                validate_certs=relay.validate_certs,
+                timeout=relay.timeout_seconds,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            codes = [refusal.code for refusal in error.recipients]
+            if codes and all(500 <= code < 600 for code in codes):
+                raise Rejected(f"the relay refused the recipient ({codes[0]})") from None
+            raise TemporaryFailure(f"the relay deferred the recipient ({codes[0] if codes else '?'})") from None
+        except aiosmtplib.SMTPDataError as error:
+            if 500 <= error.code < 600:
+                raise Rejected(f"the relay refused the message ({error.code})") from None
+            raise TemporaryFailure(f"the relay deferred the message ({error.code})") from None
+        except aiosmtplib.SMTPNotSupported as error:
+            if not payload["to"].isascii():
+                # An internationalised address the relay cannot carry (no SMTPUTF8): retrying will not change that.
+                raise Rejected("the relay cannot deliver to this address (no SMTPUTF8)") from None
+            # STARTTLS or AUTH configured but not offered: our configuration, retried while it is fixed.
+            raise TemporaryFailure(f"the relay does not support what is configured: {error}") from None
+        except ValueError as error:  # aiosmtplib's refusal of an address it cannot put on the wire
+            raise Rejected(f"not an address we can send to: {type(error).__name__}") from None
+        except aiosmtplib.SMTPResponseException as error:
+            # Refused sender, failed AUTH, an unwelcoming greeting: our configuration, not the customer's address;
+            # retried so an operator has the retry schedule's hours to fix it.
+            raise TemporaryFailure(f"the relay answered {error.code} ({type(error).__name__})") from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            raise TemporaryFailure(f"the relay is unreachable ({type(error).__name__})") from None
+        self._sent[recipient].append(self._clock())

@@ -1,0 +1,488 @@
+"""Telegram bot channel: updates in by webhook or by our own long polling, acknowledgements out by sendMessage.
+
+Both ways in end in the same place: an update becomes a complaint only once
+the spool has it, and only then is Telegram told so.
+
+* Webhook: Telegram POSTs each update with ``X-Telegram-Bot-Api-Secret-Token``;
+  the answer is 200 after the spool write, 5xx if it failed (Telegram retries).
+* Long polling: our own getUpdates loop. The offset (last update_id + 1) lives
+  in the spool's cursor table and is written in the same transaction as the
+  message, so a crash re-fetches exactly what was not yet stored. PTB's
+  ``Updater.start_polling`` is not used: it confirms updates before they are
+  handled, and a crash loses them.
+
+Acknowledgements go through the spool (``ack="reply"``) and are sent as a
+reply to the customer's message by :meth:`TelegramChannel.send_reply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import json
+import logging
+import re
+import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from telegram import Bot, Message, ReplyParameters
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
+
+from intake.attachments import AttachmentStore
+from intake.errors import Rejected, TemporaryFailure
+from intake.i18n import translations
+from intake.problems import problem
+from normalizer import telegram as normalize
+from normalizer.errors import InvalidMessage
+from normalizer.record import Attachment
+
+if TYPE_CHECKING:  # intake.config imports this module for TelegramConfig
+    from intake.acknowledgement import Acknowledgement
+    from intake.reception import Reception
+    from normalizer.record import Complaint
+
+log = logging.getLogger("intake.telegram")
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+# edited_message is asked for so that an edit is seen and skipped on purpose, not silently missed.
+ALLOWED_UPDATES = ("message", "edited_message")
+_TOKEN = r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,}$"
+_SECRET = r"^[A-Za-z0-9_-]{1,256}$"  # what setWebhook accepts as secret_token
+
+
+class TelegramConfig(BaseModel):
+    """The Telegram bot channel; off unless ``enabled`` and a ``token`` are given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Take complaints from a Telegram bot.")
+    token: SecretStr | None = Field(None, description="The bot's token from @BotFather, e.g. 123456:ABC-…; required when enabled.")
+    mode: Literal["polling", "webhook"] = Field(
+        "polling",
+        description="polling: our own getUpdates loop (works behind NAT, one gateway per bot); "
+        "webhook: Telegram POSTs to webhook_path (needs a public HTTPS URL; any number of replicas).",
+    )
+    api_url: str = Field(
+        "https://api.telegram.org",
+        description="Bot API server; methods are called at <api_url>/bot<token>/, files fetched from <api_url>/file/bot<token>/. "
+        "Change for a self-hosted Bot API server (or a test stand-in).",
+    )
+    webhook_path: str = Field("/telegram/webhook", pattern=r"^/[A-Za-z0-9/_-]*$", description="Path of the webhook on this gateway.")
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="secret_token given to setWebhook; Telegram sends it in X-Telegram-Bot-Api-Secret-Token. "
+        "Required in webhook mode: 1-256 characters A-Z a-z 0-9 _ -.",
+    )
+    set_webhook: bool = Field(
+        False,
+        description="In webhook mode, call setWebhook at start with http.public_base_url + webhook_path and webhook_secret. "
+        "Off: register the webhook yourself.",
+    )
+    poll_timeout_seconds: int = Field(25, ge=0, le=50, description="Long-polling wait of one getUpdates call (Telegram allows up to 50).")
+    poll_limit: int = Field(100, ge=1, le=100, description="Most updates fetched per getUpdates call.")
+    request_timeout_seconds: float = Field(10.0, gt=0, le=120, description="Bound on connecting to and hearing back from the Bot API (on top of the long-poll wait).")
+    retry_initial_seconds: float = Field(1.0, gt=0, description="First wait after a failed getUpdates; doubles on each further failure.")
+    retry_max_seconds: float = Field(60.0, gt=0, description="Longest wait between failed getUpdates calls.")
+    download_files: bool = Field(
+        False,
+        description="Fetch photos and documents (getFile + file URL) into the attachment store before the message is spooled. "
+        "Off: attachments carry their metadata and a tg-file:<file_id> location.",
+    )
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest webhook body accepted (an Update is a few kB).")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TelegramConfig":
+        if not self.enabled:
+            return self
+        if self.token is None or not re.fullmatch(_TOKEN, self.token.get_secret_value()):
+            raise ValueError("telegram.token is required when enabled and looks like 123456:ABC-DEF…")
+        if self.mode == "webhook":
+            if self.webhook_secret is None or not re.fullmatch(_SECRET, self.webhook_secret.get_secret_value()):
+                raise ValueError("telegram.webhook_secret is required in webhook mode: 1-256 characters A-Z a-z 0-9 _ -")
+        return self
+
+    @property
+    def bot_id(self) -> int:
+        """The bot's own user id: the token's first part, public and known without asking Telegram."""
+        assert self.token is not None
+        return int(self.token.get_secret_value().split(":", 1)[0])
+
+
+class IntakeBot(Bot):
+    """PTB's Bot, plus a getUpdates that hands back each update's JSON as Telegram sent it.
+
+    ``Bot.get_updates`` parses the whole batch into Update objects: one update
+    PTB cannot parse would fail every call and stop the channel for good, and
+    ``Update.to_json`` is not what was received. Going through ``_post`` (the
+    call ``get_updates`` makes, on the same getUpdates connection, with the same
+    error mapping) keeps the raw JSON and lets a bad update be dead-lettered alone.
+    """
+
+    async def get_raw_updates(self, *, offset: int | None, timeout: int, limit: int, allowed_updates: list[str], read_timeout: float) -> list[dict[str, Any]]:
+        data = {"offset": offset, "timeout": timeout, "limit": limit, "allowed_updates": allowed_updates}
+        result = await self._post("getUpdates", data, read_timeout=read_timeout)
+        if not isinstance(result, list):
+            raise TelegramError("getUpdates did not return a list")
+        return result
+
+
+def help_text(language_code: str | None) -> str:
+    """How to complain here, in the customer's language (the answer to /start and /help)."""
+    _ = translations(language_code).gettext
+    return "\n\n".join(
+        (
+            _("Hello! This chat takes complaints."),
+            _(
+                "Write what happened in your own words; you can add photos or documents."
+                " We will answer at once with a reference number."
+            ),
+            _("To add to a complaint you have made, reply to our message or quote its reference."),
+        )
+    )
+
+
+class TelegramChannel:
+    """The receiving side (webhook handler, polling loop) and the replying side (sendMessage) of one bot."""
+
+    def __init__(
+        self,
+        config: TelegramConfig,
+        reception: Reception,
+        attachments: AttachmentStore,
+        *,
+        public_base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert config.token is not None, "TelegramConfig validates the token when enabled"
+        if config.mode == "webhook" and config.set_webhook and not public_base_url:
+            raise ValueError("telegram.set_webhook needs http.public_base_url: the URL Telegram is to call")
+        self._config = config
+        self._token = config.token.get_secret_value()
+        self._reception = reception
+        self._attachments = attachments
+        self._clock = clock
+        self._webhook_url = (public_base_url or "").rstrip("/") + config.webhook_path
+        self.bot_id = config.bot_id
+        self.cursor_name = f"telegram:{self.bot_id}"
+        # Every Bot API URL carries the token: httpx logs each request URL at INFO, PTB its calls
+        # (with message texts) at DEBUG. Neither may reach our logs, whatever the gateway's log level.
+        for name in ("httpx", "telegram"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        timeout = config.request_timeout_seconds
+        self.bot = IntakeBot(
+            self._token,
+            base_url=f"{config.api_url.rstrip('/')}/bot",
+            base_file_url=f"{config.api_url.rstrip('/')}/file/bot",
+            request=HTTPXRequest(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout),
+            get_updates_request=HTTPXRequest(connection_pool_size=1, connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout),
+        )
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _plain(self, error: BaseException) -> str:
+        """An error's text fit for logs and the spool: PTB puts the token into some messages (InvalidToken at initialize)."""
+        return str(error).replace(self._token, "<token>")
+
+    def routes(self) -> list[web.RouteDef]:
+        # In polling mode there is no webhook: Telegram refuses getUpdates while one is set.
+        return [web.post(self._config.webhook_path, self.receive_webhook)] if self._config.mode == "webhook" else []
+
+    # --- life -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start in the background: an unreachable Bot API must not stop the gateway (or its other channels) from starting."""
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"telegram-{self._config.mode}")
+
+    async def stop(self) -> None:
+        """Stop fetching at once (an open long poll is abandoned) and let the update in hand reach the spool."""
+        self._stopping.set()
+        if self._task is not None:
+            # asyncio.wait, not wait_for: a loop that already failed was logged when it did; stopping goes on.
+            _done, pending = await asyncio.wait({self._task}, timeout=self._config.request_timeout_seconds + 5)
+            for task in pending:
+                log.warning("telegram loop did not stop in time", extra={"event": "telegram_stop_timeout"})
+                task.cancel()
+            self._task = None
+        await self.bot.shutdown()
+
+    async def _run(self) -> None:
+        try:
+            await self._until_ready()
+            if self._config.mode == "polling" and not self._stopping.is_set():
+                await self._poll()
+        except Exception:
+            # A bug, not a Telegram failure (those are retried): say so loudly, nothing is confirmed that was not stored.
+            log.exception("telegram loop failed; updates are not taken in until restart", extra={"event": "telegram_loop_failed"})
+            raise
+
+    async def _until_ready(self) -> None:
+        """getMe (checks the token), then register or remove the webhook; retried with backoff until it works or we stop."""
+        delay = self._config.retry_initial_seconds
+        while not self._stopping.is_set():
+            try:
+                await self.bot.initialize()
+                if self._config.mode == "polling":
+                    # A webhook left behind makes every getUpdates fail with 409; pending updates are kept.
+                    await self.bot.delete_webhook(drop_pending_updates=False)
+                elif self._config.set_webhook:
+                    assert self._config.webhook_secret is not None
+                    await self.bot.set_webhook(
+                        url=self._webhook_url,
+                        secret_token=self._config.webhook_secret.get_secret_value(),
+                        allowed_updates=list(ALLOWED_UPDATES),
+                    )
+                log.info("telegram bot ready", extra={"event": "telegram_ready", "mode": self._config.mode, "bot": self.bot_id})
+                return
+            except RetryAfter as error:
+                delay = max(delay, _seconds(error))
+                log.warning("telegram asks us to wait", extra={"event": "telegram_retry_after", "seconds": delay})
+            except InvalidToken:
+                log.error("telegram rejected the bot token; check telegram.token", extra={"event": "telegram_bad_token", "retry_in": delay})
+            except TelegramError as error:
+                log.warning("telegram bot not ready; will retry", extra={"event": "telegram_not_ready", "error": self._plain(error), "retry_in": delay})
+            await self._pause(delay)
+            delay = min(delay * 2, self._config.retry_max_seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- long polling -------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        stored = await self._reception.spool.cursor(self.cursor_name)
+        offset = int(stored) if stored is not None else None
+        delay = self._config.retry_initial_seconds
+        while not self._stopping.is_set():
+            try:
+                updates = await self._fetch(offset)
+            except RetryAfter as error:
+                await self._pause(_seconds(error))
+                continue
+            except (Conflict, InvalidToken, TelegramError) as error:
+                # Conflict: a webhook is set or another gateway polls this bot; InvalidToken: the token was revoked;
+                # NetworkError / TimedOut: the Bot API is out of reach. All pass; none is worth stopping for.
+                log.warning("getUpdates failed; will retry", extra={"event": "telegram_poll_failed", "error": self._plain(error), "retry_in": delay})
+                await self._pause(delay)
+                delay = min(delay * 2, self._config.retry_max_seconds)
+                continue
+            if updates is None:  # stopping
+                return
+            delay = self._config.retry_initial_seconds
+            for update in updates:
+                update_id = update.get("update_id")
+                if not isinstance(update_id, int):
+                    log.error("update without update_id skipped", extra={"event": "telegram_bad_update"})
+                    continue
+                if offset is not None and update_id < offset:
+                    continue  # already stored: a server that re-sent it
+                raw = json.dumps(update, ensure_ascii=False, separators=(",", ":")).encode()
+                try:
+                    await self._take(raw, update_id=update_id, cursor=(self.cursor_name, str(update_id + 1)))
+                except TemporaryFailure as error:
+                    # Not stored, so not confirmed: the next getUpdates from the same offset brings it again.
+                    log.warning("update not stored; will fetch it again", extra={"event": "telegram_retry", "update_id": update_id, "error": str(error)})
+                    await self._pause(min(max(delay, error.retry_after), self._config.retry_max_seconds))
+                    delay = min(delay * 2, self._config.retry_max_seconds)
+                    break
+                offset = update_id + 1
+
+    async def _fetch(self, offset: int | None) -> list[dict[str, Any]] | None:
+        """One getUpdates call, abandoned as soon as the gateway stops (None then)."""
+        fetch = asyncio.ensure_future(
+            self.bot.get_raw_updates(
+                offset=offset,
+                timeout=self._config.poll_timeout_seconds,
+                limit=self._config.poll_limit,
+                allowed_updates=list(ALLOWED_UPDATES),
+                read_timeout=self._config.poll_timeout_seconds + self._config.request_timeout_seconds,
+            )
+        )
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not fetch.done():
+            # Nothing fetched is lost: whatever this call would have returned is not confirmed until the next offset.
+            fetch.cancel()
+            return None
+        return fetch.result()
+
+    # --- the webhook ----------------------------------------------------------------
+
+    def _authentic(self, request: web.Request) -> bool:
+        assert self._config.webhook_secret is not None
+        offered = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(offered, self._config.webhook_secret.get_secret_value().encode())
+
+    async def receive_webhook(self, request: web.Request) -> web.Response:
+        if not self._authentic(request):
+            return problem(403, "Forbidden", f"{SECRET_HEADER} is missing or wrong")
+        limit = self._config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return problem(413, "Body too large", f"at most {limit} bytes")
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            return problem(413, "Body too large", f"at most {limit} bytes")
+        try:
+            update_id = json.loads(raw).get("update_id")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            update_id = None
+        if not isinstance(update_id, int):
+            # Without an update_id it cannot have come from Telegram, and there is nothing to name it by.
+            return problem(400, "Not a Telegram Update", "expected a JSON object with an integer update_id")
+        try:
+            await self._take(raw, update_id=update_id, cursor=None)
+        except TemporaryFailure as error:
+            # 503: Telegram delivers the update again later.
+            return problem(503, "Try again later", str(error), retry_after=error.retry_after)
+        # Empty on purpose: a JSON answer with a "method" field would be executed by Telegram.
+        return web.Response(status=200)
+
+    # --- one update -------------------------------------------------------------------
+
+    async def _take(self, raw: bytes, *, update_id: int, cursor: tuple[str, str] | None) -> None:
+        """Store a complaint, answer a command, or skip; the cursor (polling) moves only once that is durable.
+
+        Raises TemporaryFailure when nothing was stored and the update must come again.
+        """
+        received_at = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)
+        try:
+            update = normalize.parse(raw)
+        except InvalidMessage:
+            await self._store(raw, f"update:{update_id}", received_at, cursor=cursor, stored={}, reply_to=None)
+            return
+        classified = normalize.classify(update)
+        message = update.message
+        if classified.kind == "ignored" or message is None:
+            log.info("update skipped", extra={"event": "telegram_skipped", "update_id": update_id, "reason": classified.reason})
+        elif classified.kind == "command":
+            language = message.from_user.language_code if message.from_user else None
+            try:
+                await self._send(message.chat.id, help_text(language), reply_to=None)
+            except Rejected as error:  # the customer blocked the bot: nobody to tell
+                log.info("help not sent", extra={"event": "telegram_help_rejected", "update_id": update_id, "error": str(error)})
+            else:
+                log.info("help sent", extra={"event": "telegram_help", "update_id": update_id, "command": classified.command})
+        else:
+            stored = await self._download(message) if self._config.download_files else {}
+            await self._store(
+                raw, normalize.channel_message_id(message), received_at, cursor=cursor, stored=stored, reply_to=(message.chat.id, message.message_id)
+            )
+            return
+        if cursor is not None:
+            await self._reception.spool.set_cursor(*cursor)
+
+    async def _store(
+        self,
+        raw: bytes,
+        channel_message_id: str,
+        received_at: dt.datetime,
+        *,
+        cursor: tuple[str, str] | None,
+        stored: dict[str, Attachment],
+        reply_to: tuple[int, int] | None,
+    ) -> None:
+        def reply_payload(complaint: Complaint, acknowledgement: Acknowledgement) -> dict[str, Any]:
+            assert reply_to is not None
+            return {"chat_id": reply_to[0], "message_id": reply_to[1], "text": acknowledgement.short}
+
+        outcome = await self._reception.receive(
+            channel="telegram",
+            channel_message_id=channel_message_id,
+            raw=raw,
+            normalize=lambda: normalize.to_complaint(raw, received_at=received_at, bot_id=self.bot_id, stored=stored),
+            received_at=received_at,
+            # A message we cannot read still reaches the dead-letter topic; nobody can be acknowledged then.
+            ack="reply" if reply_to is not None else "none",
+            reply_payload=reply_payload,
+            context={"mode": self._config.mode},
+            cursor=cursor,
+            # Telegram cannot be told "this update is bad": refusing it would only bring it back, so keep it for replay.
+            dead_letter_invalid=True,
+        )
+        log.info(
+            "telegram message stored",
+            extra={"event": "telegram_stored", "reference": outcome.reference, "duplicate": outcome.duplicate, "dead_lettered": outcome.dead_lettered},
+        )
+
+    async def _download(self, message: Message) -> dict[str, Attachment]:
+        """Keep the message's files in the attachment store; a file Telegram will not hand out keeps its tg-file location."""
+        kept: dict[str, Attachment] = {}
+        for item in normalize.files(message):
+            if item.size is not None and item.size > self._attachments.max_bytes:
+                continue
+            try:
+                file = await self.bot.get_file(item.file_id)
+                if file.file_size is not None and file.file_size > self._attachments.max_bytes:
+                    continue
+                data = bytes(await file.download_as_bytearray())
+            except BadRequest as error:  # "file is too big" (over 20 MB) or gone: described, not stored
+                log.info("file not downloaded", extra={"event": "telegram_file_kept_remote", "error": self._plain(error)})
+                continue
+            except (NetworkError, InvalidToken, RetryAfter, TelegramError) as error:
+                raise TemporaryFailure(f"telegram file download: {self._plain(error)}") from None
+            try:
+                kept[item.file_unique_id] = await self._attachments.put(data, filename=item.filename, content_type=item.content_type)
+            except Rejected:  # larger than the store takes: keep the metadata and the remote location
+                continue
+        return kept
+
+    # --- the replying side ------------------------------------------------------------
+
+    async def send_reply(self, payload: dict[str, Any]) -> None:
+        """Send a spooled acknowledgement as a reply to the customer's message."""
+        if self._stopping.is_set():
+            raise TemporaryFailure("the telegram channel is stopping")
+        await self._send(int(payload["chat_id"]), str(payload["text"]), reply_to=payload.get("message_id"))
+
+    async def _send(self, chat_id: int, text: str, *, reply_to: int | None) -> None:
+        """sendMessage; TemporaryFailure to try again later, Rejected when it can never be delivered."""
+        # Sent even if the customer deleted their message meanwhile: the reference is what matters.
+        reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
+        try:
+            await self.bot.send_message(chat_id=chat_id, text=text, reply_parameters=reply)
+        except ChatMigrated as error:
+            # A group became a supergroup: the same conversation under a new id; the old message id means nothing there.
+            await self._send(error.new_chat_id, text, reply_to=None)
+        except RetryAfter as error:
+            failure = TemporaryFailure("telegram flood control: asked to wait")
+            failure.retry_after = _seconds(error)
+            raise failure from None
+        except Forbidden as error:  # blocked by the user, deactivated, kicked from the group
+            raise Rejected(f"telegram refused: {self._plain(error)}") from None
+        except BadRequest as error:  # chat not found, text invalid: the same request will never work
+            raise Rejected(f"telegram refused: {self._plain(error)}") from None
+        except InvalidToken:  # our configuration, not the customer: retry while someone fixes it
+            raise TemporaryFailure("telegram rejected the bot token") from None
+        except (NetworkError, TelegramError) as error:  # timeouts, 5xx, connection refused
+            raise TemporaryFailure(f"telegram: {self._plain(error)}") from None
+
+
+def _seconds(error: RetryAfter) -> float:
+    """How long Telegram asks us to wait."""
+    with warnings.catch_warnings():
+        # PTB 22 warns that retry_after is to become a timedelta; both kinds are handled here.
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = error.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)

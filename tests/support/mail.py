@@ -1,0 +1,106 @@
+"""Mail for the email channel's tests: complaint messages, real SMTP clients (smtplib, swaks), gateway settings."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import subprocess
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+from intake.config import Settings
+from intake.gateway import Gateway
+from tests.support.gateway import free_port, settings
+from tests.support.smtp_relay import CapturingRelay
+
+OUR_ADDRESS = "complaints@example.test"
+CUSTOMER = "ewa@customer.test"
+
+
+def complaint_mail(
+    text: str = "Moja paczka dotarła uszkodzona, a kurier nie chciał spisać protokołu. Proszę o zwrot pieniędzy.",
+    *,
+    subject: str = "Uszkodzona paczka",
+    sender: str = f"Ewa Nowak <{CUSTOMER}>",
+    to: str = OUR_ADDRESS,
+    language: str | None = "pl",
+    message_id: str | None = None,
+    headers: dict[str, str] | None = None,
+    attachments: list[tuple[str, str, bytes]] | None = None,
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = message_id or make_msgid(domain="customer.test")
+    if language:
+        message["Content-Language"] = language
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(text)
+    for filename, content_type, data in attachments or []:
+        main, _, sub = content_type.partition("/")
+        message.add_attachment(data, maintype=main, subtype=sub, filename=filename)
+    return message
+
+
+def _send(port: int, message: EmailMessage | bytes, mail_from: str, rcpt_to: list[str]) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        if isinstance(message, bytes):
+            client.sendmail(mail_from, rcpt_to, message)
+        else:
+            client.send_message(message, from_addr=mail_from, to_addrs=rcpt_to)
+
+
+async def smtp_send(
+    port: int, message: EmailMessage | bytes, *, mail_from: str = CUSTOMER, rcpt_to: list[str] | None = None
+) -> None:
+    """Send with smtplib, in a thread: the gateway answering it runs on this test's event loop."""
+    await asyncio.to_thread(_send, port, message, mail_from, rcpt_to or [OUR_ADDRESS])
+
+
+async def swaks(
+    port: int, data: bytes, tmp: Path, *, mail_from: str = CUSTOMER, to: str = OUR_ADDRESS, extra: list[str] | None = None
+) -> tuple[int, str]:
+    """Send ``data`` (a whole message) with swaks; its exit status and its transcript."""
+    message = tmp / f"swaks-{free_port()}.eml"
+    message.write_bytes(data)
+    process = await asyncio.create_subprocess_exec(
+        "swaks", "--server", "127.0.0.1", "--port", str(port), "--from", mail_from, "--to", to,
+        "--data", f"@{message}", "--timeout", "30", *(extra or []),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode(errors="replace")
+
+
+def email_settings(
+    tmp: Path,
+    bootstrap: str,
+    topic: str,
+    relay: CapturingRelay | dict[str, Any],
+    *,
+    smtp: dict[str, Any] | None = None,
+    imap: list[dict[str, Any]] | None = None,
+    limits: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """A gateway with the SMTP listener on a free port (unless ``smtp={"enabled": False}``) and the given relay."""
+    listener = {"enabled": True, "host": "127.0.0.1", "port": free_port(), "accept": [OUR_ADDRESS, "example.org"], **(smtp or {})}
+    section: dict[str, Any] = {
+        "smtp": listener,
+        "imap": imap or [],
+        "relay": relay.config() if isinstance(relay, CapturingRelay) else relay,
+    }
+    if limits:
+        section["limits"] = limits
+    overrides["attachments"] = {"directory": str(tmp / "attachments"), **overrides.get("attachments", {})}
+    return settings(tmp, bootstrap, topic, email=section, **overrides)
+
+
+def counter(gateway: Gateway, name: str, **labels: str) -> float:
+    """A counter's value in the gateway's registry (0 when never incremented)."""
+    return gateway.metrics.registry.get_sample_value(f"{name}_total", labels) or 0.0

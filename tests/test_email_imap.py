@@ -1,0 +1,243 @@
+"""The email channel through IMAP: a real Dovecot started for these tests, the real Kafka broker, a capturing relay."""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+from imapclient.imapclient import SEEN
+
+from channels.email.imap import MailboxWatcher
+from intake.gateway import Gateway
+from normalizer.record import json_schema
+from tests.support.dovecot import Dovecot
+from tests.support.gateway import running
+from tests.support.mail import complaint_mail, counter, email_settings, smtp_send
+from tests.support.smtp_relay import CapturingRelay
+from tests.support.topic import of_type, read_topic, wait_for
+
+SCHEMA = json_schema()
+
+
+@pytest.fixture(scope="module")
+def dovecot() -> Iterator[Dovecot]:
+    server = Dovecot()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def relay() -> Iterator[CapturingRelay]:
+    relay = CapturingRelay()
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+@pytest.fixture
+def folder(dovecot: Dovecot) -> str:
+    """A folder of its own for each test: the tests share one Dovecot."""
+    name = f"Complaints-{uuid.uuid4().hex[:8]}"
+    with dovecot.client() as client:
+        client.create_folder(name)
+    return name
+
+
+def raw(message) -> bytes:
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+async def append(dovecot: Dovecot, folder: str, *messages: bytes) -> None:
+    """What a mail server does on delivery: APPEND, from another connection than the gateway's."""
+
+    def run() -> None:
+        with dovecot.client() as client:
+            for message in messages:
+                client.append(folder, message)
+
+    await asyncio.to_thread(run)
+
+
+async def folder_state(dovecot: Dovecot, folder: str) -> dict[int, tuple[bytes, ...]]:
+    """UID -> flags of every message in the folder."""
+
+    def run() -> dict[int, tuple[bytes, ...]]:
+        with dovecot.client() as client:
+            client.select_folder(folder, readonly=True)
+            uids = client.search(["ALL"])
+            return {uid: data[b"FLAGS"] for uid, data in client.fetch(uids, ["FLAGS"]).items()} if uids else {}
+
+    return await asyncio.to_thread(run)
+
+
+def watcher(gateway: Gateway) -> MailboxWatcher:
+    return next(service for service in gateway.services if isinstance(service, MailboxWatcher))
+
+
+async def idling(gateway: Gateway, timeout: float = 20) -> None:
+    async def ready() -> bool:
+        return watcher(gateway).state == "idle"
+
+    await wait_for(ready, timeout=timeout)
+
+
+async def taken_in(gateway: Gateway, count: int, outcome: str = "accepted", timeout: float = 20) -> None:
+    async def enough() -> bool:
+        return counter(gateway, "intake_received", channel="email", outcome=outcome) >= count
+
+    await wait_for(enough, timeout=timeout)
+
+
+def mailbox_settings(
+    tmp_path: Path, kafka, topic: str, relay: CapturingRelay, dovecot: Dovecot, folder: str, *, smtp: bool = False, **options
+):
+    # IDLE renewed every 10 minutes and polling practically never: within the test, only IDLE can bring news.
+    mailbox = dovecot.mailbox_config(folder=folder, idle_seconds=600, poll_seconds=3600, **options)
+    return email_settings(tmp_path, kafka.bootstrap, topic, relay, smtp={"enabled": smtp}, imap=[mailbox])
+
+
+async def test_a_mail_appended_is_published_through_idle_then_flagged_and_never_again_after_a_restart(
+    tmp_path: Path, kafka, topic, relay, dovecot, folder
+):
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder)
+    first, second = complaint_mail(subject="Parcel 1"), complaint_mail("The second parcel was lost.", subject="Parcel 2")
+    async with running(config) as (gateway, _):
+        await idling(gateway)
+        appended = time.monotonic()
+        await append(dovecot, folder, raw(first))
+        await taken_in(gateway, 1, timeout=10)
+        latency = time.monotonic() - appended
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+
+        async def flagged() -> bool:
+            return all(SEEN in flags for flags in (await folder_state(dovecot, folder)).values())
+
+        await wait_for(flagged, timeout=10)
+        cursor = await gateway.spool.cursor(f"imap:{config.email.imap[0].name}")
+    assert latency < 5, f"took {latency:.2f} s from APPEND to the spool"
+    [received] = of_type(records, "received")
+    jsonschema.validate(received.data, SCHEMA)
+    assert received.data["origin"] == {"received_via": "imap", "mailbox": "complaints", "folder": folder}
+    assert received.data["channel_message_id"] == first["Message-ID"]
+    [uid] = (await folder_state(dovecot, folder)).keys()
+    assert cursor is not None and cursor.endswith(f":{uid}")
+
+    # \Seen is only a courtesy: a person marking the message unread again must not make it a new import.
+    def mark_unread() -> None:
+        with dovecot.client() as client:
+            client.select_folder(folder)
+            client.remove_flags([uid], [SEEN])
+
+    await asyncio.to_thread(mark_unread)
+    async with running(config) as (gateway, _):
+        await idling(gateway)
+        await append(dovecot, folder, raw(second))
+        await taken_in(gateway, 1)
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+        assert counter(gateway, "intake_received", channel="email", outcome="duplicate") == 0
+    received = of_type(records, "received")
+    assert sorted(r.data["channel_message_id"] for r in received) == sorted([first["Message-ID"], second["Message-ID"]])
+    assert len(of_type(records, "acknowledged")) == 2 and len(relay.messages) == 2
+
+
+async def test_a_recreated_folder_with_a_new_uidvalidity_publishes_nothing_twice(
+    tmp_path: Path, kafka, topic, relay, dovecot, folder
+):
+    done = f"{folder}-imported"
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder, after_import="move", move_to=done)
+    mails = [raw(complaint_mail(f"Complaint {n}: the courier was rude.", subject=f"Courier {n}")) for n in range(3)]
+    async with running(config) as (gateway, _):
+        cursor_name = f"imap:{config.email.imap[0].name}"
+        await idling(gateway)
+        await append(dovecot, folder, *mails[:2])
+        await taken_in(gateway, 2)
+
+        async def moved() -> bool:
+            return not await folder_state(dovecot, folder) and len(await folder_state(dovecot, done)) == 2
+
+        await wait_for(moved, timeout=10)
+        before = await gateway.spool.cursor(cursor_name)
+
+        def recreate() -> None:
+            with dovecot.client() as client:
+                client.delete_folder(folder)
+                client.create_folder(folder)
+                for message in mails:  # the same two again, then a new one
+                    client.append(folder, message)
+
+        await asyncio.to_thread(recreate)
+        await taken_in(gateway, 3, timeout=30)
+        await taken_in(gateway, 2, outcome="duplicate", timeout=30)
+        after = await gateway.spool.cursor(cursor_name)
+        records = await read_topic(kafka.bootstrap, topic, expect=6, settle=2)
+    assert before is not None and after is not None
+    assert before.split(":")[0] != after.split(":")[0], "the folder should have a new UIDVALIDITY"
+    assert len(of_type(records, "received")) == 3
+    assert len(of_type(records, "acknowledged")) == 3 and len(relay.messages) == 3
+    assert len({r.headers["ce_id"] for r in records}) == len(records)
+
+
+async def test_one_bad_message_is_dead_lettered_and_does_not_block_the_mailbox(
+    tmp_path: Path, kafka, topic, relay, dovecot, folder
+):
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder)
+    good = complaint_mail("The parcel after the broken one.", subject="After the bad one")
+    await append(dovecot, folder, b"\x00\x01\x02 not a message at all\r\n", raw(good))
+    async with running(config) as (gateway, _):
+        await taken_in(gateway, 1)
+        await taken_in(gateway, 1, outcome="dead_lettered")
+        dead = await read_topic(kafka.bootstrap, f"{topic}.dead-letter", expect=1)
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+
+        async def all_flagged() -> bool:
+            state = await folder_state(dovecot, folder)
+            return len(state) == 2 and all(SEEN in flags for flags in state.values())
+
+        await wait_for(all_flagged, timeout=10)
+    [event] = dead
+    assert "not an email message" in event.data["error"]
+    [received] = of_type(records, "received")
+    assert received.data["channel_message_id"] == good["Message-ID"]
+
+
+async def test_the_watcher_reconnects_after_the_server_went_away(tmp_path: Path, kafka, topic, relay, dovecot, folder):
+    # A low cap on the backoff keeps the test short; the doubling up to it is what runs.
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder, reconnect_max_seconds=2)
+    async with running(config) as (gateway, _):
+        await idling(gateway)
+        await asyncio.to_thread(dovecot.stop)
+
+        async def noticed() -> bool:
+            return watcher(gateway).state != "idle"
+
+        await wait_for(noticed, timeout=10)
+        await asyncio.to_thread(dovecot.start)
+        await idling(gateway, timeout=30)
+        await append(dovecot, folder, raw(complaint_mail("Sent while the mail server was restarting.")))
+        await taken_in(gateway, 1)
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+    assert len(of_type(records, "received")) == 1
+
+
+async def test_the_same_mail_by_smtp_and_by_imap_is_one_complaint(tmp_path: Path, kafka, topic, relay, dovecot, folder):
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder, smtp=True)
+    mail = complaint_mail("Delivered to the listener and to the mailbox alike.")
+    async with running(config) as (gateway, _):
+        await idling(gateway)
+        await smtp_send(config.email.smtp.port, mail)
+        await append(dovecot, folder, raw(mail))
+        await taken_in(gateway, 1, outcome="duplicate")
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
+    assert len(of_type(records, "received")) == 1
+    assert len(relay.messages) == 1

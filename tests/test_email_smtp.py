@@ -1,0 +1,408 @@
+"""The email channel through SMTP: real clients (smtplib, swaks) into the gateway's listener, a capturing relay
+for acknowledgements, the real Kafka broker for what downstream sees."""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import re
+import smtplib
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from normalizer.email import reference_from_message_ids
+from normalizer.record import json_schema
+from tests.support.gateway import free_port, running
+from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, counter, email_settings, smtp_send, swaks
+from tests.support.smtp_relay import CapturingRelay
+from tests.support.topic import of_type, read_topic, wait_for
+
+SCHEMA = json_schema()
+
+
+@pytest.fixture
+def relay() -> Iterator[CapturingRelay]:
+    relay = CapturingRelay()
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def crlf(message) -> bytes:
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+async def test_a_mail_is_published_once_and_acknowledged_once_with_threading_headers(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    mail = complaint_mail(headers={"References": "<order-1001@shop.customer.test>"})
+    async with running(config) as (gateway, _):
+        await smtp_send(config.email.smtp.port, mail)
+        await smtp_send(config.email.smtp.port, mail)  # the customer's MTA retrying after a lost 250
+        [ack] = await relay.wait_for(1)
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
+        assert (await gateway.spool.status()).pending_replies == 0
+    assert len(relay.messages) == 1
+
+    [received] = of_type(records, "received")
+    complaint = received.data
+    jsonschema.validate(complaint, SCHEMA)
+    reference = complaint["reference"]
+    assert received.key == reference
+    assert complaint["channel"] == "email" and complaint["channel_message_id"] == mail["Message-ID"]
+    assert complaint["complainant"]["email"] == CUSTOMER
+    assert complaint["origin"] == {"received_via": "smtp", "recipients": OUR_ADDRESS}
+    assert complaint["raw"]["media_type"] == "message/rfc822"
+    [acknowledged] = of_type(records, "acknowledged")
+    assert acknowledged.key == reference and acknowledged.data["locale"] == "pl"
+
+    message = ack.message
+    assert ack.recipients == [CUSTOMER]
+    assert ack.mail_from == ""  # the null sender of RFC 3834: nobody answers or bounces an acknowledgement
+    assert message["From"].addresses[0].addr_spec == OUR_ADDRESS
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["X-Auto-Response-Suppress"] == "All"
+    assert message["In-Reply-To"] == mail["Message-ID"]
+    assert message["References"].split() == ["<order-1001@shop.customer.test>", mail["Message-ID"]]
+    assert reference_from_message_ids([message["Message-ID"]]) == reference
+    assert message["Message-ID"].endswith("@example.test>")
+    assert f"[{reference}]" in message["Subject"]
+    assert message["Content-Language"] == "pl"
+    assert reference in message.get_body(("plain",)).get_content()
+
+
+async def test_a_reply_to_the_acknowledgement_is_a_follow_up_with_the_same_key(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    port = config.email.smtp.port
+    first = complaint_mail(
+        "My parcel arrived damaged and the courier refused to write a report.", subject="Damaged parcel", language="en"
+    )
+    async with running(config):
+        await smtp_send(port, first)
+        [ack] = await relay.wait_for(1)
+        # The customer answers our acknowledgement: their client threads it on our Message-ID. The subject
+        # carries no reference, so only the Message-ID can tie it to the complaint.
+        reply = complaint_mail(
+            "Here is a photo of the box. I am still waiting for the refund.",
+            subject="Photo of the box",
+            language="en",
+            headers={
+                "In-Reply-To": ack.message["Message-ID"],
+                "References": f"{ack.message['References']} {ack.message['Message-ID']}",
+            },
+        )
+        await smtp_send(port, reply)
+        # A new mail from the same person that refers to nothing is a new complaint.
+        unrelated = complaint_mail("Another order, 2002, never arrived at all.", subject="Missing order", language="en")
+        await smtp_send(port, unrelated)
+        acks = await relay.wait_for(3)
+        records = await read_topic(kafka.bootstrap, topic, expect=6, settle=1)
+
+    received = of_type(records, "received")
+    [followed] = of_type(records, "followed_up")
+    assert len(received) == 2
+    original = next(r for r in received if r.data["channel_message_id"] == first["Message-ID"])
+    other = next(r for r in received if r.data["channel_message_id"] == unrelated["Message-ID"])
+    reference = original.key
+    jsonschema.validate(followed.data, SCHEMA)
+    assert followed.data["follows_up"] == reference and followed.key == reference
+    assert followed.partition == original.partition and followed.offset > original.offset
+    assert other.key != reference and "follows_up" not in other.data
+
+    follow_ack = next(a for a in acks if a.message["In-Reply-To"] == reply["Message-ID"])
+    assert "added" in follow_ack.message["Subject"] and f"[{reference}]" in follow_ack.message["Subject"]
+    # Our Message-ID for the follow-up encodes the original reference, so replying to it threads there too.
+    assert reference_from_message_ids([follow_ack.message["Message-ID"]]) == reference
+    assert len(of_type(records, "acknowledged")) == 3
+
+
+async def test_an_out_of_office_reply_is_recorded_flagged_and_not_answered(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    port = config.email.smtp.port
+    async with running(config) as (gateway, _):
+        await smtp_send(port, complaint_mail())
+        [ack] = await relay.wait_for(1)
+        out_of_office = complaint_mail(
+            "I am out of the office until Monday and will read your message then.",
+            subject=f"Automatic reply: {ack.message['Subject']}",
+            sender=CUSTOMER,
+            language="en",
+            headers={"Auto-Submitted": "auto-replied", "In-Reply-To": ack.message["Message-ID"]},
+        )
+        status, transcript = await swaks(port, crlf(out_of_office), tmp_path, mail_from="<>")
+        assert status == 0 and "250 2.0.0 OK" in transcript, transcript
+        records = await read_topic(kafka.bootstrap, topic, expect=3, settle=2)
+        assert (await gateway.spool.status()).pending_replies == 0
+        assert counter(gateway, "intake_received", channel="email", outcome="automated") == 1
+    assert len(relay.messages) == 1
+
+    [followed] = of_type(records, "followed_up")
+    [received] = of_type(records, "received")
+    assert followed.data["flags"]["automated"] is True
+    assert followed.data["flags"]["automated_reason"]
+    assert followed.key == received.key
+    [acknowledged] = of_type(records, "acknowledged")
+    assert acknowledged.headers["ce_id"] != followed.headers["ce_id"]
+    assert followed.data["id"] not in {r.data.get("complaint_id") for r in of_type(records, "acknowledged")}
+
+
+async def test_acknowledgements_wait_for_the_relay_to_come_back(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    relay.stop()
+    async with running(config) as (gateway, _):
+        await smtp_send(config.email.smtp.port, complaint_mail())
+
+        async def retried() -> bool:
+            return counter(gateway, "intake_acknowledgements", channel="email", outcome="retried") >= 1
+
+        await wait_for(retried, timeout=20)
+        assert relay.messages == []
+        relay.start()
+        [ack] = await relay.wait_for(1, timeout=40)
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=1)
+    [received] = of_type(records, "received")
+    [acknowledged] = of_type(records, "acknowledged")
+    assert acknowledged.key == received.key
+    assert reference_from_message_ids([ack.message["Message-ID"]]) == received.key
+
+
+def _transaction(port: int, recipients: list[str], message: bytes) -> tuple[list[int], int]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        client.mail(CUSTOMER)
+        codes = [client.rcpt(recipient)[0] for recipient in recipients]
+        code, _ = client.data(message)
+        return codes, code
+
+
+async def test_only_the_configured_addresses_and_domains_are_accepted(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    recipients = [
+        "someone@elsewhere.test",
+        "COMPLAINTS@Example.TEST",
+        "anyone@EXAMPLE.org",
+        "x@sub.example.org",
+        "complaints@example.test.evil",
+    ]
+    async with running(config) as (gateway, _):
+        codes, data_code = await asyncio.to_thread(_transaction, config.email.smtp.port, recipients, crlf(complaint_mail()))
+        records = await read_topic(kafka.bootstrap, topic, expect=1, settle=0.5)
+    assert codes == [550, 250, 250, 550, 550]
+    assert data_code == 250
+    [received] = of_type(records, "received")
+    assert received.data["origin"]["recipients"] == "anyone@example.org, complaints@example.test"
+
+
+async def test_an_oversize_mail_gets_552_and_nothing_is_stored(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay, smtp={"max_message_bytes": 4096})
+    async with running(config) as (gateway, _):
+        status, transcript = await swaks(config.email.smtp.port, crlf(complaint_mail("x" * 20_000)), tmp_path)
+        ehlo = await _ehlo(config.email.smtp.port)
+        assert (await gateway.spool.status()).messages == 0
+    assert status != 0
+    assert re.search(r"<\*\* +552", transcript), transcript
+    assert "SIZE 4096" in ehlo
+
+
+async def _ehlo(port: int) -> str:
+    def ehlo() -> str:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            return client.ehlo()[1].decode()
+
+    return await asyncio.to_thread(ehlo)
+
+
+@pytest.mark.parametrize("fault", ["spool full", "attachment store broken"])
+async def test_a_fault_of_ours_answers_451_never_5xx(tmp_path: Path, kafka, topic, fault):
+    # Kafka out of reach, so events stay in the spool; the relay out of reach, so no acknowledgement event either.
+    overrides: dict = {"spool": {"max_pending_events": 2}}
+    if fault == "attachment store broken":
+        (tmp_path / "not-a-directory").write_text("a file where the attachment store should be")
+        overrides = {"attachments": {"directory": str(tmp_path / "not-a-directory")}}
+    relay = {"host": "127.0.0.1", "port": free_port(), "security": "none"}
+    config = email_settings(tmp_path, f"127.0.0.1:{free_port()}", topic, relay, **overrides)
+    mails = [
+        complaint_mail(f"Complaint {n}: the parcel was damaged.", attachments=[("photo.jpg", "image/jpeg", bytes([n]) * 500)])
+        for n in range(3)
+    ]
+    outcomes: list[int] = []
+    async with running(config) as (gateway, _):
+        for mail in mails:
+            try:
+                await smtp_send(config.email.smtp.port, mail)
+                outcomes.append(250)
+            except smtplib.SMTPDataError as error:
+                outcomes.append(error.smtp_code)
+                assert error.smtp_error.startswith(b"4.3.0"), error.smtp_error
+        stored = (await gateway.spool.status()).messages
+    if fault == "spool full":
+        assert outcomes == [250, 250, 451] and stored == 2
+    else:
+        assert outcomes == [451, 451, 451] and stored == 0
+
+
+async def test_an_auto_responder_loop_gets_at_most_ten_acknowledgements(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    async with running(config) as (gateway, _):
+        # A responder that does not mark itself: every mail looks like a person's, from the same address.
+        for n in range(15):
+            mail = complaint_mail(f"Thank you for your message number {n}.", subject=f"Re: your message {n}", language="en")
+            await smtp_send(config.email.smtp.port, mail)
+
+        async def all_handled() -> bool:
+            return (await gateway.spool.status()).pending_replies == 0
+
+        await wait_for(all_handled, timeout=60)
+        suppressed = counter(gateway, "intake_acknowledgements", channel="email", outcome="suppressed")
+        records = await read_topic(kafka.bootstrap, topic, expect=30, timeout=60, settle=1)
+    assert len(relay.messages) == 10
+    assert suppressed == 5
+    assert len(of_type(records, "received")) == 15
+    assert len(of_type(records, "acknowledged")) == 10
+    failed = of_type(records, "acknowledgement_failed")
+    assert len(failed) == 5 and all("suppressed" in r.data["error"] for r in failed)
+
+
+async def test_attachments_beyond_the_limits_are_skipped_and_the_complaint_kept(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay, attachments={"max_count": 1, "max_bytes": 2048})
+    mail = complaint_mail(
+        attachments=[
+            ("receipt.pdf", "application/pdf", b"%PDF-1.4 receipt " * 10),
+            ("video.mp4", "video/mp4", b"\x00" * 10_000),  # too big
+            ("label.png", "image/png", b"\x89PNG label " * 10),  # one too many
+        ]
+    )
+    async with running(config):
+        await smtp_send(config.email.smtp.port, mail)
+        await relay.wait_for(1)
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+    [received] = of_type(records, "received")
+    jsonschema.validate(received.data, SCHEMA)
+    [attachment] = received.data["attachments"]
+    assert attachment["filename"] == "receipt.pdf" and attachment["size"] == len(b"%PDF-1.4 receipt " * 10)
+    assert Path(attachment["location"].removeprefix("file://")).read_bytes() == b"%PDF-1.4 receipt " * 10
+    assert received.data["origin"]["attachments_skipped"] == "2"
+
+
+async def test_bytes_that_are_not_mail_are_dead_lettered_not_bounced(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    async with running(config) as (gateway, _):
+        await smtp_send(config.email.smtp.port, b"this is not a message, it has no header at all\r\n")
+        dead = await read_topic(kafka.bootstrap, f"{topic}.dead-letter", expect=1)
+        assert (await gateway.spool.status()).pending_replies == 0
+    [event] = dead
+    assert event.headers["ce_type"] == "intake.message.dead_lettered.v1"
+    assert "not an email message" in event.data["error"]
+    assert event.data["spool_key"].startswith("email:sha256:")
+    assert relay.messages == []
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_starttls_and_auth_are_required_when_configured(tmp_path: Path, kafka, topic, relay):
+    cert, key = _certificate(tmp_path)
+    smtp = {
+        "tls_cert": str(cert),
+        "tls_key": str(key),
+        "require_starttls": True,
+        "auth_required": True,
+        "users": {"partner-mta": "relay-secret-0123"},
+    }
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay, smtp=smtp)
+    mail = complaint_mail()
+
+    def session(port: int) -> dict[str, int]:
+        codes: dict[str, int] = {}
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo()
+            codes["mail before starttls"] = client.mail(CUSTOMER)[0]
+            client.starttls(context=context)
+            client.ehlo()
+            codes["mail before auth"] = client.mail(CUSTOMER)[0]
+            try:
+                client.login("partner-mta", "not-the-secret")
+            except smtplib.SMTPAuthenticationError as error:
+                codes["wrong secret"] = error.smtp_code
+            client.login("partner-mta", "relay-secret-0123")
+            client.send_message(mail, from_addr=CUSTOMER, to_addrs=[OUR_ADDRESS])
+        return codes
+
+    async with running(config):
+        codes = await asyncio.to_thread(session, config.email.smtp.port)
+        records = await read_topic(kafka.bootstrap, topic, expect=1, settle=0.5)
+    assert codes == {"mail before starttls": 530, "mail before auth": 530, "wrong secret": 535}
+    assert len(of_type(records, "received")) == 1
+
+
+async def test_a_recipient_the_relay_refuses_is_recorded_as_failed_not_retried(tmp_path: Path, kafka, topic, relay):
+    relay.refuse.add(CUSTOMER)
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    async with running(config) as (gateway, _):
+        await smtp_send(config.email.smtp.port, complaint_mail())
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+        assert counter(gateway, "intake_acknowledgements", channel="email", outcome="retried") == 0
+        assert (await gateway.spool.status()).pending_replies == 0
+    [failed] = of_type(records, "acknowledgement_failed")
+    assert "refused the recipient (550)" in failed.data["error"]
+    assert failed.key == of_type(records, "received")[0].key
+    assert relay.messages == []
+
+
+async def test_an_acknowledgement_in_a_right_to_left_language_has_an_rtl_html_alternative(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    text = "بسته من آسیب دیده به دستم رسید و پیک حاضر نشد صورتجلسه بنویسد."
+    mail = complaint_mail(text, subject="بسته آسیب دیده", language="fa")
+    async with running(config):
+        await smtp_send(config.email.smtp.port, mail)
+        [ack] = await relay.wait_for(1)
+    message = ack.message
+    assert message["Content-Language"] == "fa"
+    assert message.get_content_type() == "multipart/alternative"
+    html = message.get_body(("html",)).get_content()
+    assert 'dir="rtl"' in html and 'lang="fa"' in html
+    plain = message.get_body(("plain",)).get_content()
+    assert plain.strip() and "<p>" not in plain
+
+
+async def test_the_acknowledgement_limit_is_per_address_and_its_window_slides(relay):
+    from channels.email import EmailLimitsConfig, RelayConfig
+    from channels.email.reply import AcknowledgementSender
+    from intake.errors import Rejected
+    from intake.metrics import Metrics
+
+    now = [1000.0]
+    sender = AcknowledgementSender(
+        RelayConfig(**relay.config()),
+        EmailLimitsConfig(acknowledgements_per_recipient=2, acknowledgement_window_seconds=600),
+        Metrics(),
+        clock=lambda: now[0],
+    )
+
+    def payload(to: str, n: int) -> dict:
+        message_id = f"<C-0000-000{n}.000000000000@example.test>"
+        return {"to": to, "subject": "s", "text": "t", "locale": "en", "direction": "ltr", "message_id": message_id}
+
+    await sender.send_reply(payload(CUSTOMER, 1))
+    await sender.send_reply(payload(CUSTOMER.upper(), 2))  # the same address, however it is spelled
+    with pytest.raises(Rejected, match="suppressed"):
+        await sender.send_reply(payload(CUSTOMER, 3))
+    await sender.send_reply(payload("someone.else@customer.test", 4))
+    now[0] += 601
+    await sender.send_reply(payload(CUSTOMER, 5))
+    assert [m.recipients for m in relay.messages] == [[CUSTOMER], [CUSTOMER.upper()], ["someone.else@customer.test"], [CUSTOMER]]
