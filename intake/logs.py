@@ -14,12 +14,26 @@ import sys
 import time
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{6,}\d(?![\w-])")
+# Shaped like a phone number: an optional +, then digits with the separators people type.
+_PHONE = re.compile(r"(?<![\w.:/-])\+?\(?\d[\d ().-]{5,}\d(?![\w.:/-])")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+# A Telegram bot token (id:secret): the one secret that travels inside URLs.
+_BOT_TOKEN = re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}")
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
+def _phone(match: re.Match[str]) -> str:
+    text = match.group(0)
+    digits = sum(c.isdigit() for c in text)
+    # Dates, times, addresses and counts are not phone numbers; E.164 has 8 to 15 digits.
+    if digits < 8 or digits > 15 or _DATE.match(text) or _IPV4.match(text.strip()):
+        return text
+    return "[phone]"
+
+
 def redact(text: str) -> str:
-    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
+    return _PHONE.sub(_phone, _EMAIL.sub("[email]", _BOT_TOKEN.sub("[secret]", text)))
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,9 +58,12 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
-            f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
+            f"{k}={redact(str(v))}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
         )
-        return redact(super().format(record) + (f" [{extras}]" if extras else ""))
+        # Only what the record says is redacted: the timestamp the formatter adds is not personal data.
+        record.msg, record.args = redact(record.getMessage()), None
+        line = super().format(record)
+        return line + (f" [{extras}]" if extras else "")
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:

@@ -75,6 +75,24 @@ def test_logs_mask_addresses_and_phone_numbers():
     assert "example.com" not in entry["message"] and "601" not in entry["message"]
     assert entry["recipient"] == "[email]"
     assert "C-7K3M-9QXA" == logs.redact("C-7K3M-9QXA")  # references stay readable
+    for harmless in ("2026-11-21 20:01:02,123", "listening on 127.0.0.1:8080", "pruned 1500000 messages", "uid 7:41"):
+        assert logs.redact(harmless) == harmless
+    for phone in ("+48 601 234 567", "(030) 1234-5678", "+1-202-555-0143", "0601234567"):
+        assert logs.redact(f"call {phone} now") == "call [phone] now"
+    assert "ABCdef" not in logs.redact("GET /bot123456789:ABCdefGHIjklMNOpqrSTUvwxYZ0123456789/getMe")
+
+
+def test_text_logs_keep_timestamps_and_mask_personal_data():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    logger = logging.getLogger("test.text")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.warning("mail from %s refused", "jan@example.org", extra={"peer": "127.0.0.1"})
+    line = stream.getvalue()
+    assert "[email]" in line and "jan@" not in line
+    assert "peer=127.0.0.1" in line and "[phone]" not in line
 
 
 async def test_a_message_the_normalizer_rejects_goes_to_the_dead_letter_topic(tmp_path: Path, kafka, topic):
