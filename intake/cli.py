@@ -68,6 +68,15 @@ def _check_config(args: argparse.Namespace) -> int:
         "dead_letter_topic": settings.kafka.dead_letter_topic,
         "spool": str(settings.spool.path),
         "webhook_partners": sorted(settings.webhook.partners) if settings.webhook.enabled else "disabled",
+        "channels": {
+            "webhook": settings.webhook.enabled,
+            "web_form": settings.web_form.enabled,
+            "email_smtp": f"{settings.email.smtp.host}:{settings.email.smtp.port}" if settings.email.smtp.enabled else False,
+            "email_imap": [mailbox.name for mailbox in settings.email.imap],
+            "email_acknowledgements": settings.email.relay.enabled,
+            "twilio": settings.twilio.enabled,
+            "telegram": settings.telegram.mode if settings.telegram.enabled else False,
+        },
     }
     print("configuration is valid")
     print(json.dumps(summary, indent=2))
