@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.gateway import complaint_body, free_port, signed_headers  # noqa: E402
 from tests.support.kafka import session_broker  # noqa: E402
+from tests.support.mail import complaint_mail  # noqa: E402
+from tests.support.smtp_relay import CapturingRelay  # noqa: E402
 
 SECRET = "s3cret-for-tests-only-0123456789"
 
@@ -103,6 +105,76 @@ async def drive(base: str, requests: int, concurrency: int) -> tuple[list[float]
     return latencies, elapsed, started
 
 
+async def drive_smtp(port: int, messages: int, concurrency: int) -> tuple[list[float], float, float]:
+    """Concurrent SMTP clients, each on one connection sending its share, as an MTA does."""
+    import aiosmtplib
+
+    mails = [
+        complaint_mail(f"Benchmark complaint {n}", sender=f"Customer {n} <customer{n}@bench.test>", to="complaints@example.test").as_bytes()
+        for n in range(messages)
+    ]
+    latencies: list[float] = []
+    shares = [list(range(i, messages, concurrency)) for i in range(concurrency)]
+
+    async def client(share: list[int]) -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60)
+        await smtp.connect()
+        try:
+            for n in share:
+                began = time.perf_counter()
+                await smtp.sendmail(f"customer{n}@bench.test", ["complaints@example.test"], mails[n])
+                latencies.append(time.perf_counter() - began)
+        finally:
+            await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(share) for share in shares if share))
+    return latencies, time.perf_counter() - started, started
+
+
+async def run_smtp(root: Path, bootstrap: str, messages: int, concurrency: int) -> dict[str, float]:
+    topic = f"bench-smtp-{uuid.uuid4().hex[:8]}"
+    port, smtp_port = free_port(), free_port()
+    relay = CapturingRelay()
+    relay.start()
+    config = gateway_config(root, port, bootstrap, topic)
+    config.write_text(
+        config.read_text()
+        + f"""
+[email.smtp]
+enabled = true
+port = {smtp_port}
+accept = ["@example.test"]
+[email.relay]
+host = "127.0.0.1"
+port = {relay.port}
+security = "none"
+from_address = "complaints@example.test"
+"""
+    )
+    log = open(Path(tempfile.gettempdir()) / "bench-smtp.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "intake.cli", "--config", str(config), "serve"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}", process)
+        await drive_smtp(smtp_port, 100, concurrency)  # warm-up
+        latencies, elapsed, started = await drive_smtp(smtp_port, messages, concurrency)
+        on_topic = await count_on_topic(bootstrap, topic, 100 + messages, started)
+        memory = peak_memory_mib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(60)
+        log.close()
+        relay.stop()
+    latencies.sort()
+    return {
+        "accepted_per_s": messages / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "all_on_topic_s": on_topic,
+        "peak_rss_mib": memory,
+    }
+
+
 async def run_server(name: str, command: list[str], port: int, bootstrap: str, topic: str, requests: int, concurrency: int, env: dict[str, str] | None = None) -> dict[str, float]:
     log = open(Path(tempfile.gettempdir()) / f"bench-{name}.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -167,6 +239,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--smtp-messages", type=int, default=2000)
+    parser.add_argument("--smtp-clients", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="intake-bench-") as tmp:
         root = Path(tmp)
@@ -187,7 +261,10 @@ async def main() -> None:
                 "intake", [sys.executable, "-m", "intake.cli", "--config", str(config), "serve"],
                 port, bootstrap, topic, args.requests, args.concurrency,
             )
-            print(f"\n{args.requests} signed webhook complaints, {args.concurrency} concurrent clients, real Kafka broker, {os.cpu_count()} cores\n")
+            (root / "smtp").mkdir()
+            results["intake SMTP (250)"] = await run_smtp(root / "smtp", bootstrap, args.smtp_messages, args.smtp_clients)
+            print(f"\n{args.requests} signed webhook complaints from {args.concurrency} concurrent clients; "
+                  f"{args.smtp_messages} mails from {args.smtp_clients} SMTP connections; real Kafka broker, {os.cpu_count()} cores\n")
             print_table(results)
             print("\n" + json.dumps(results))
         finally:

@@ -73,7 +73,7 @@ def _check_config(args: argparse.Namespace) -> int:
             "web_form": settings.web_form.enabled,
             "email_smtp": f"{settings.email.smtp.host}:{settings.email.smtp.port}" if settings.email.smtp.enabled else False,
             "email_imap": [mailbox.name for mailbox in settings.email.imap],
-            "email_acknowledgements": settings.email.relay.enabled,
+            "email_acknowledgements": settings.email.enabled,
             "twilio": settings.twilio.enabled,
             "telegram": settings.telegram.mode if settings.telegram.enabled else False,
         },

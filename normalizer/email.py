@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from charset_normalizer import from_bytes as detect_charset
 from tnefparse import TNEF
 
+from normalizer import language
 from normalizer.errors import InvalidMessage
 from normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, Flags
 from normalizer.reference import REFERENCE_PATTERN, parse_reference
@@ -1358,13 +1359,8 @@ def _references(message: Message, message_id: str | None) -> list[str]:
     return unique
 
 
-@lru_cache(maxsize=1)
 def _language_model() -> LanguageIdentifier:
-    # Loaded on first use (numpy and the model take about half a second): the
-    # CLI and the config import this module without needing it.
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    return language.model()
 
 
 def _language_identifier() -> Callable[[str], tuple[str, float]]:

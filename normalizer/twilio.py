@@ -26,7 +26,6 @@ import datetime as dt
 import mimetypes
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -34,6 +33,7 @@ import phonenumbers
 from babel.languages import get_official_languages
 from multidict import MultiDict, MultiDictProxy
 
+from normalizer import language
 from normalizer.errors import FieldError, InvalidMessage
 from normalizer.record import Attachment, Channel, Complainant, Complaint, Flags
 from normalizer.reference import parse_reference
@@ -174,14 +174,8 @@ def _sender(params: Params) -> tuple[phonenumbers.PhoneNumber | None, str]:
     return (number if phonenumbers.is_possible_number(number) else None), address
 
 
-@lru_cache(maxsize=1)
 def _identifier() -> Callable[[str], list[tuple[str, float]]]:
-    # Imported and loaded on first use (about half a second): the CLI and the
-    # config do not need numpy; the channel warms this up when it starts.
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    return model.rank
+    return language.model().rank
 
 
 def warm_up() -> None:
