@@ -156,7 +156,9 @@ from_address = "complaints@example.test"
     process = subprocess.Popen([sys.executable, "-m", "intake.cli", "--config", str(config), "serve"], stdout=log, stderr=subprocess.STDOUT)
     try:
         await wait_healthy(f"http://127.0.0.1:{port}", process)
+        print(f"smtp gateway started: peak RSS {peak_memory_mib(process.pid):.0f} MiB", file=sys.stderr)
         await drive_smtp(smtp_port, 100, concurrency)  # warm-up
+        print(f"after warm-up: peak RSS {peak_memory_mib(process.pid):.0f} MiB", file=sys.stderr)
         latencies, elapsed, started = await drive_smtp(smtp_port, messages, concurrency)
         on_topic = await count_on_topic(bootstrap, topic, 100 + messages, started)
         memory = peak_memory_mib(process.pid)

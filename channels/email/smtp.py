@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from intake.errors import TemporaryFailure
+from normalizer import email as mail
 
 if TYPE_CHECKING:
     from channels.email import SmtpListenerConfig
@@ -52,6 +53,8 @@ class SmtpListener:
         # aiosmtpd logs every command at INFO, with the customer's address in it.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
+        # The language model loads now, not under the first burst of mail.
+        await asyncio.to_thread(mail.warm_up)
         tls = self._tls_context()
         # On the gateway's own loop (not aiosmtpd's Controller thread): the spool's futures live on this loop.
         self._server = await loop.create_server(lambda: self._session(loop, tls), self._config.host, self._config.port)
