@@ -437,7 +437,7 @@ class WebFormChannel:
             # Bytes first: a spooled record must never point at a file that is not there.
             stored: list[Attachment] = [
                 await self._attachments.put(f.data, filename=f.filename, content_type=media_type)
-                for f, media_type in zip(submitted.files, media_types)
+                for f, media_type in zip(submitted.files, media_types, strict=True)
             ]
             raw = normalize.raw_submission(fields, locale=locale, attachments=stored)
             via, payload = self._reply_route(form)

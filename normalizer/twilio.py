@@ -207,8 +207,8 @@ def _country_locale(country: str | None, locales: Sequence[str]) -> str | None:
     if not country:
         return None
     supported = {locale.replace("_", "-").lower(): locale for locale in locales}
-    for language in get_official_languages(country.upper(), de_facto=True):
-        subtags = language.replace("_", "-").lower().split("-")
+    for official in get_official_languages(country.upper(), de_facto=True):
+        subtags = official.replace("_", "-").lower().split("-")
         while subtags:  # zh_Hant -> zh-hant, then zh
             found = supported.get("-".join(subtags))
             if found is not None:

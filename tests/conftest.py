@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kafka import KafkaBroker, session_broker
+from tests.support.smtp_relay import CapturingRelay
 
 
 class Kafka:
@@ -45,3 +46,14 @@ def artifacts() -> Path:
     path = Path(__file__).resolve().parents[1] / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def relay() -> Iterator[CapturingRelay]:
+    """The SMTP relay email acknowledgements go through, capturing what it is given."""
+    relay = CapturingRelay()
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()

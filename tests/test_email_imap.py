@@ -35,15 +35,6 @@ def dovecot() -> Iterator[Dovecot]:
         server.remove()
 
 
-@pytest.fixture
-def relay() -> Iterator[CapturingRelay]:
-    relay = CapturingRelay()
-    relay.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
-
 
 @pytest.fixture
 def folder(dovecot: Dovecot) -> str:

@@ -9,7 +9,6 @@ import re
 import smtplib
 import ssl
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -19,20 +18,10 @@ from normalizer.email import reference_from_message_ids
 from normalizer.record import json_schema
 from tests.support.gateway import free_port, running
 from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, counter, email_settings, smtp_send, swaks
-from tests.support.smtp_relay import CapturingRelay
 from tests.support.topic import of_type, read_topic, wait_for
 
 SCHEMA = json_schema()
 
-
-@pytest.fixture
-def relay() -> Iterator[CapturingRelay]:
-    relay = CapturingRelay()
-    relay.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
 
 
 def crlf(message) -> bytes:

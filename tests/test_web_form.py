@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +18,6 @@ from normalizer import web_form as normalize
 from normalizer.errors import InvalidMessage
 from normalizer.record import json_schema
 from tests.support.gateway import free_port, running, settings
-from tests.support.smtp_relay import CapturingRelay
 from tests.support.topic import Record, of_type, read_topic, wait_for
 from tests.support.web_form import FormClient, Page, cookie_attributes, png, valid_fields
 
@@ -39,16 +37,6 @@ def form_settings(tmp_path: Path, kafka: Any, topic: str, *, sections: dict[str,
         **(sections or {}),
     )
 
-
-@pytest.fixture
-def relay() -> Iterator[CapturingRelay]:
-    """The SMTP relay email acknowledgements go through, capturing what it is given."""
-    relay = CapturingRelay()
-    relay.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
 
 
 class CapturingSender:
