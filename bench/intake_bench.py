@@ -105,6 +105,18 @@ async def drive(base: str, requests: int, concurrency: int) -> tuple[list[float]
     return latencies, elapsed, started
 
 
+def figures(latencies: list[float], elapsed: float, on_topic: float, memory: float) -> dict[str, float]:
+    """The printed figures of one run; every latency is one accepted message."""
+    latencies = sorted(latencies)
+    return {
+        "accepted_per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "all_on_topic_s": on_topic,
+        "peak_rss_mib": memory,
+    }
+
+
 async def drive_smtp(port: int, messages: int, concurrency: int) -> tuple[list[float], float, float]:
     """Concurrent SMTP clients, each on one connection sending its share, as an MTA does."""
     import aiosmtplib
@@ -167,14 +179,7 @@ from_address = "complaints@example.test"
         process.wait(60)
         log.close()
         relay.stop()
-    latencies.sort()
-    return {
-        "accepted_per_s": messages / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "all_on_topic_s": on_topic,
-        "peak_rss_mib": memory,
-    }
+    return figures(latencies, elapsed, on_topic, memory)
 
 
 async def run_server(name: str, command: list[str], port: int, bootstrap: str, topic: str, requests: int, concurrency: int, env: dict[str, str] | None = None) -> dict[str, float]:
@@ -198,14 +203,7 @@ async def run_server(name: str, command: list[str], port: int, bootstrap: str, t
         process.terminate()
         process.wait(60)
         log.close()
-    latencies.sort()
-    return {
-        "accepted_per_s": requests / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "all_on_topic_s": on_topic,
-        "peak_rss_mib": memory,
-    }
+    return figures(latencies, elapsed, on_topic, memory)
 
 
 def gateway_config(directory: Path, port: int, bootstrap: str, topic: str) -> Path:

@@ -48,6 +48,7 @@ from intake.attachments import AttachmentStore
 from intake.errors import Rejected, TemporaryFailure
 from intake.i18n import translations
 from intake.problems import problem
+from intake.pause import pause
 from normalizer import telegram as normalize
 from normalizer.errors import InvalidMessage
 from normalizer.record import Attachment
@@ -261,10 +262,7 @@ class TelegramChannel:
             delay = min(delay * 2, self._config.retry_max_seconds)
 
     async def _pause(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+        await pause(self._stopping, seconds)
 
     # --- long polling -------------------------------------------------------------
 

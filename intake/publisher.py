@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 
 from intake.metrics import Metrics
 from intake.spool import Spool, StoredEvent
+from intake.pause import pause
 
 log = logging.getLogger("intake.publisher")
 
@@ -103,15 +104,8 @@ class Publisher:
         self.last_error = error
         self._metrics.kafka_up.set(0)
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake at once when asked to stop."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
-
     async def _back_off(self) -> None:
-        await self._pause(self._backoff)
+        await pause(self._stopping, self._backoff)
         self._backoff = min(self._backoff * 2, self._settings.max_backoff)
 
     # --- the producer -------------------------------------------------------------

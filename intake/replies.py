@@ -20,6 +20,7 @@ from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
 from intake.reception import Reception
 from intake.spool import Spool, StoredReply
+from intake.pause import pause
 
 log = logging.getLogger("intake.replies")
 
@@ -65,10 +66,7 @@ class Replies:
                     busy = True
                     await self._deliver(sender, reply)
             if not busy:
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=self._poll_interval)
-                except asyncio.TimeoutError:
-                    pass
+                await pause(self._stopping, self._poll_interval)
 
     async def _deliver(self, sender: ReplySender, reply: StoredReply) -> None:
         now = self._clock()

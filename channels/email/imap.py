@@ -27,6 +27,7 @@ from imapclient.imapclient import DELETED, SEEN
 
 from intake.errors import TemporaryFailure
 from intake.spool import Spool
+from intake.pause import pause
 
 if TYPE_CHECKING:
     from channels.email import ImapMailboxConfig
@@ -78,10 +79,7 @@ class MailboxWatcher:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless the gateway stops first."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+        await pause(self._stopping, seconds)
 
     # --- the watcher's life ------------------------------------------------------
 
