@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,27 +133,21 @@ class Reception:
         )
         try:
             complaint = normalize()
+            # Serialised here, inside the guard: a record the normalizer built but JSON cannot carry is a dead letter too.
+            complaint_event = events.complaint_event(complaint, topic=self._topic, source=self._source)
         except InvalidMessage as error:
             if not dead_letter_invalid:
                 self._metrics.received.labels(channel=channel, outcome="rejected").inc()
                 raise
-            submission.dead_letter = True
-            submission.answer = {"reference": reference, "complaint_id": str(ident), "dead_lettered": True}
-            submission.events = [
-                events.dead_letter_event(
-                    spool_key=key,
-                    complaint_id=ident,
-                    reference=reference,
-                    channel=channel,
-                    error=str(error)[:2000],
-                    raw_sha256=digest,
-                    raw_size=len(raw),
-                    received_at=received_at,
-                    topic=self._dead_letter_topic,
-                    source=self._source,
-                )
-            ]
-            return self._outcome(await self.spool.accept(submission), channel)
+            return await self._dead_letter(submission, ident, str(error), received_at)
+        except Exception as error:  # the normalizer's bug: the message is kept for a replay after the fix, never refused
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            # The type and the place only: an exception's text may quote the customer's message.
+            log.error(
+                "normalizer failed; message dead-lettered",
+                extra={"event": "normalizer_failed", "channel": channel, "error_type": type(error).__name__, "at": f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"},
+            )
+            return await self._dead_letter(submission, ident, f"the normalizer failed: {type(error).__name__}", received_at)
 
         acknowledgement = None if complaint.flags.automated or ack == "none" else self.acknowledgement_for(complaint)
         submission.answer = {
@@ -161,7 +156,7 @@ class Reception:
             "automated": complaint.flags.automated,
             "acknowledgement": None if acknowledgement is None else _ack_dict(acknowledgement),
         }
-        submission.events = [events.complaint_event(complaint, topic=self._topic, source=self._source)]
+        submission.events = [complaint_event]
         if acknowledgement is not None and ack == "inline":
             submission.events.append(
                 self.acknowledged_event(complaint=complaint, payload={"locale": acknowledgement.locale}, sent_at=received_at)
@@ -181,6 +176,26 @@ class Reception:
             }
             submission.replies = [Reply(channel=via, payload=payload)]
         return self._outcome(await self.spool.accept(submission), channel)
+
+    async def _dead_letter(self, submission: Submission, ident: uuid.UUID, error: str, received_at: dt.datetime) -> Outcome:
+        """Keep the raw message and tell the dead-letter topic why it is not a record."""
+        submission.dead_letter = True
+        submission.answer = {"reference": submission.reference, "complaint_id": str(ident), "dead_lettered": True}
+        submission.events = [
+            events.dead_letter_event(
+                spool_key=submission.key,
+                complaint_id=ident,
+                reference=submission.reference,
+                channel=submission.channel,
+                error=error[:2000].encode("utf-8", "replace").decode(),  # a lone surrogate quoted from the input
+                raw_sha256=submission.raw_digest,
+                raw_size=len(submission.raw),
+                received_at=received_at,
+                topic=self._dead_letter_topic,
+                source=self._source,
+            )
+        ]
+        return self._outcome(await self.spool.accept(submission), submission.channel)
 
     def _outcome(self, receipt: Any, channel: str) -> Outcome:
         answer = receipt.answer
