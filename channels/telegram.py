@@ -194,7 +194,7 @@ class TelegramChannel:
             get_updates_request=HTTPXRequest(connection_pool_size=1, connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout, pool_timeout=timeout),
         )
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._trouble: str | None = "connecting to the Bot API"  # why the bot is not working now, for /readyz
 
     def _plain(self, error: BaseException) -> str:
         """An error's text fit for logs and the spool: PTB puts the token into some messages (InvalidToken at initialize)."""
@@ -206,32 +206,26 @@ class TelegramChannel:
 
     # --- life -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start in the background: an unreachable Bot API must not stop the gateway (or its other channels) from starting."""
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=f"telegram-{self._config.mode}")
+    name = "telegram"
 
-    async def stop(self) -> None:
-        """Stop fetching at once (an open long poll is abandoned) and let the update in hand reach the spool."""
-        self._stopping.set()
-        if self._task is not None:
-            # asyncio.wait, not wait_for: a loop that already failed was logged when it did; stopping goes on.
-            _done, pending = await asyncio.wait({self._task}, timeout=self._config.request_timeout_seconds + 5)
-            for task in pending:
-                log.warning("telegram loop did not stop in time", extra={"event": "telegram_stop_timeout"})
-                task.cancel()
-            self._task = None
-        await self.bot.shutdown()
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The bot's life under the supervisor: an unreachable Bot API is retried here and never stops the gateway."""
         try:
             await self._until_ready()
             if self._config.mode == "polling" and not self._stopping.is_set():
                 await self._poll()
-        except Exception:
-            # A bug, not a Telegram failure (those are retried): say so loudly, nothing is confirmed that was not stored.
-            log.exception("telegram loop failed; updates are not taken in until restart", extra={"event": "telegram_loop_failed"})
-            raise
+            else:
+                await self._stopping.wait()  # webhook mode: updates arrive through receive_webhook
+        finally:
+            if self._stopping.is_set():
+                await self.bot.shutdown()
+
+    async def stop(self) -> None:
+        """Stop fetching at once (an open long poll is abandoned) and let the update in hand reach the spool."""
+        self._stopping.set()
+
+    def health(self) -> str | None:
+        return self._trouble
 
     async def _until_ready(self) -> None:
         """getMe (checks the token), then register or remove the webhook; retried with backoff until it works or we stop."""
@@ -250,13 +244,16 @@ class TelegramChannel:
                         allowed_updates=list(ALLOWED_UPDATES),
                     )
                 log.info("telegram bot ready", extra={"event": "telegram_ready", "mode": self._config.mode, "bot": self.bot_id})
+                self._trouble = None
                 return
             except RetryAfter as error:
                 delay = max(delay, _seconds(error))
                 log.warning("telegram asks us to wait", extra={"event": "telegram_retry_after", "seconds": delay})
             except InvalidToken:
+                self._trouble = "the Bot API rejected the token"
                 log.error("telegram rejected the bot token; check telegram.token", extra={"event": "telegram_bad_token", "retry_in": delay})
             except TelegramError as error:
+                self._trouble = f"Bot API not reachable: {type(error).__name__}"
                 log.warning("telegram bot not ready; will retry", extra={"event": "telegram_not_ready", "error": self._plain(error), "retry_in": delay})
             await self._pause(delay)
             delay = min(delay * 2, self._config.retry_max_seconds)
@@ -279,12 +276,14 @@ class TelegramChannel:
             except (Conflict, InvalidToken, TelegramError) as error:
                 # Conflict: a webhook is set or another gateway polls this bot; InvalidToken: the token was revoked;
                 # NetworkError / TimedOut: the Bot API is out of reach. All pass; none is worth stopping for.
+                self._trouble = f"getUpdates failing: {type(error).__name__}"
                 log.warning("getUpdates failed; will retry", extra={"event": "telegram_poll_failed", "error": self._plain(error), "retry_in": delay})
                 await self._pause(delay)
                 delay = min(delay * 2, self._config.retry_max_seconds)
                 continue
             if updates is None:  # stopping
                 return
+            self._trouble = None
             delay = self._config.retry_initial_seconds
             for update in updates:
                 update_id = update.get("update_id")

@@ -151,6 +151,7 @@ class TwilioChannel:
             if token.get_secret_value()
         ]
         self._http: aiohttp.ClientSession | None = None
+        self._stopping = asyncio.Event()
         registry = metrics.registry
         self._refused = Counter(
             "intake_twilio_refused", "Twilio requests refused, by endpoint and reason (signature, size, media_type, malformed).",
@@ -175,16 +176,25 @@ class TwilioChannel:
 
     # --- life -----------------------------------------------------------------
 
-    async def start(self) -> None:
-        # Loaded here, not on the first customer's message, which must be answered within Twilio's 15 s.
+    name = "twilio"
+
+    async def open(self) -> None:
+        # Loaded before the gateway has started, not on the first customer's message, which must be answered within Twilio's 15 s.
         await asyncio.to_thread(normalize.warm_up)
         if self._config.download_media:
             self._http = aiohttp.ClientSession(raise_for_status=False)
 
+    async def run(self) -> None:
+        """Nothing runs in the background; the media client lives until the gateway stops."""
+        try:
+            await self._stopping.wait()
+        finally:
+            if self._http is not None and self._stopping.is_set():
+                await self._http.close()
+                self._http = None
+
     async def stop(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        self._stopping.set()
 
     # --- the webhooks ---------------------------------------------------------
 

@@ -81,6 +81,11 @@ class AcknowledgementConfig(_Section):
     organisation: str = Field("", description="Your organisation's name, as the acknowledgement says it.")
     response_days: int = Field(5, ge=1, le=90, description="Working days within which the complainant hears back.")
     default_locale: str = Field("en", description="Language used when the complainant's is unknown or unsupported.")
+    max_attempts: int = Field(
+        12, ge=1, le=100, description="Tries to deliver an acknowledgement that is sent later (email, Telegram) before it is recorded as failed."
+    )
+    retry_first_seconds: float = Field(2.0, gt=0, description="Wait after the first failed try; doubled after each further one.")
+    retry_max_seconds: float = Field(900.0, gt=0, description="Longest wait between two tries of one acknowledgement.")
 
 
 class AttachmentsConfig(_Section):
@@ -129,6 +134,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for a terminal.")
     shutdown_grace_seconds: float = Field(15.0, gt=0, description="How long in-flight work may take on shutdown.")
+    drain_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="On SIGTERM, how long the HTTP listener keeps answering 503 with Retry-After (and closing keep-alive "
+        "connections) before it closes, so a load balancer moves clients elsewhere and no request goes unanswered.",
+    )
     http: HttpConfig = Field(default_factory=HttpConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)

@@ -9,9 +9,9 @@ import logging
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,21 +24,55 @@ from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
+from intake.pause import pause
+from intake.problems import problem
 from intake.publisher import Publisher, PublisherSettings, ProducerFactory, default_producer
 from intake.reception import Reception
 from intake.replies import Replies, ReplySender
 from intake.spool import Spool
+from intake.supervisor import Component, Supervisor
 
 log = logging.getLogger("intake.gateway")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Answered while draining too: the load balancer and the operator need them most then.
+_OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_DRAIN_RETRY_AFTER = 5
 
-class Service(Protocol):
-    """A channel's long-running part (a listener, a mailbox watcher, a poller)."""
 
-    async def start(self) -> None: ...
+class Housekeeping:
+    """A component: forgets raw messages past retention, and tries the spool again while its writes fail."""
+
+    name = "housekeeping"
+
+    def __init__(self, spool: Spool, retention_seconds: float, *, interval: float = 3600.0, probe_interval: float = 2.0) -> None:
+        self._spool = spool
+        self._retention = retention_seconds
+        self._interval = interval
+        self._probe_interval = probe_interval
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        next_prune = 0.0
+        while not self._stopping.is_set():
+            if self._spool.fault is not None:
+                # Nothing else may write for a while (readiness sends traffic elsewhere): a small write tells
+                # when the disk has room again, and clears the fault.
+                with contextlib.suppress(TemporaryFailure, sqlite3.Error):
+                    await self._spool.set_cursor("intake:probe", str(time.time()))
+            if time.monotonic() >= next_prune:
+                try:
+                    pruned = await self._spool.prune(time.time() - self._retention)
+                except (TemporaryFailure, sqlite3.Error) as error:
+                    log.warning("pruning deferred", extra={"event": "prune_deferred", "error": str(error)})
+                else:
+                    next_prune = time.monotonic() + self._interval
+                    if pruned:
+                        log.info("pruned raw messages past retention", extra={"event": "pruned", "count": pruned})
+            await pause(self._stopping, self._probe_interval)
 
     async def stop(self) -> None:
-        """Stop taking new messages and finish the one in hand."""
+        self._stopping.set()
 
 
 class Gateway:
@@ -88,16 +122,33 @@ class Gateway:
             settings.attachments.directory, max_bytes=settings.attachments.max_bytes, max_count=settings.attachments.max_count
         )
         self.reply_senders: dict[str, ReplySender] = {}
-        self.replies = Replies(self.spool, self.reception, self.metrics, self.reply_senders, clock=clock)
+        ack = settings.acknowledgement
+        self.replies = Replies(
+            self.spool,
+            self.reception,
+            self.metrics,
+            self.reply_senders,
+            max_attempts=ack.max_attempts,
+            first_retry=ack.retry_first_seconds,
+            max_retry=ack.retry_max_seconds,
+            clock=clock,
+        )
         self.draining = False
-        self._tasks: list[asyncio.Task[None]] = []
+        # Added in the order they start; stopped in reverse: channels first, the publisher last, so what they
+        # took in during shutdown still reaches Kafka.
+        self.supervisor = Supervisor(self.metrics)
+        self.supervisor.add(self.publisher)
+        self.supervisor.add(self.replies)
+        self.supervisor.add(Housekeeping(self.spool, settings.spool.retention_hours * 3600))
 
-        self.app = web.Application(client_max_size=max(settings.webhook.max_body_bytes, 1024 * 1024))
+        self.app = web.Application(
+            client_max_size=max(settings.webhook.max_body_bytes, 1024 * 1024), middlewares=[self._refuse_while_draining]
+        )
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics_page)
-        # Background loops of channels (IMAP, Telegram polling, SMTP listener): started and stopped with the gateway.
-        self.services: list[Service] = []
+        # Long-running parts of channels (SMTP listener, IMAP watchers, Telegram bot, Twilio's media client).
+        self.services: list[Component] = []
         if settings.webhook.enabled:
             self.app.router.add_routes(WebhookChannel(settings.webhook, self.reception, clock).routes())
         # Channels follow, each wired in one block.
@@ -135,15 +186,11 @@ class Gateway:
     # --- life ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the spool and start the background loops; the HTTP side is started by the caller."""
+        """Open the spool and start every component under the supervisor; the HTTP side is started by the caller."""
         await self.spool.open()
         for service in self.services:
-            await service.start()
-        self._tasks = [
-            asyncio.create_task(self.publisher.run(), name="publisher"),
-            asyncio.create_task(self.replies.run(), name="replies"),
-            asyncio.create_task(self._housekeeping(), name="housekeeping"),
-        ]
+            self.supervisor.add(service)
+        await self.supervisor.start()
         status = await self.spool.status()
         log.info(
             "gateway started",
@@ -151,32 +198,11 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        """Finish in-flight work, flush what Kafka will take within the grace period, close the spool."""
+        """Stop the channels, then the replies, then flush what Kafka will take within the grace period; close the spool."""
         self.draining = True
-        for service in reversed(self.services):
-            await service.stop()
-        await self.replies.stop()
-        await self.publisher.stop()
-        grace = self.settings.shutdown_grace_seconds + 5
-        for task in self._tasks:
-            if task.get_name() == "housekeeping":
-                task.cancel()
-        done, pending = await asyncio.wait(self._tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("background task failed", extra={"event": "task_failed", "task": task.get_name()}, exc_info=task.exception())
+        await self.supervisor.stop(timeout=self.settings.shutdown_grace_seconds + 5)
         await self.spool.close()
         log.info("gateway stopped", extra={"event": "stopped"})
-
-    async def _housekeeping(self) -> None:
-        retention = self.settings.spool.retention_hours * 3600
-        while True:
-            pruned = await self.spool.prune(time.time() - retention)
-            if pruned:
-                log.info("pruned raw messages past retention", extra={"event": "pruned", "count": pruned})
-            await asyncio.sleep(3600)
 
     async def serve(self) -> None:
         """Run until SIGINT or SIGTERM, then shut down gracefully."""
@@ -194,6 +220,9 @@ class Gateway:
         await stop.wait()
         log.info("shutting down", extra={"event": "shutting_down"})
         self.draining = True
+        # While draining, every request is answered (503 and Retry-After) and its connection closed, so a client
+        # on a keep-alive connection is never left without an answer when the listener goes.
+        await asyncio.sleep(self.settings.drain_seconds)
         # Stops accepting connections and lets in-flight requests finish, then the loops.
         await runner.cleanup()
         await self.stop()
@@ -203,31 +232,68 @@ class Gateway:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(self, request: web.Request) -> web.Response:
-        """Ready means: can take complaints in. Kafka being down does not stop that; it is reported."""
+    @web.middleware
+    async def _refuse_while_draining(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.draining and request.path not in _OPERATIONS_PATHS:
+            # The body is read first: closing on a client still writing it would leave that client with an error, not an answer.
+            with contextlib.suppress(web.HTTPException, aiohttp.ClientError, asyncio.TimeoutError):
+                await asyncio.wait_for(request.read(), timeout=_DRAIN_RETRY_AFTER)
+            response: web.StreamResponse = problem(
+                503, "Shutting down", "this gateway is stopping; send it again (to another replica)", retry_after=_DRAIN_RETRY_AFTER
+            )
+        else:
+            response = await handler(request)
+        if self.draining:
+            response.force_close()
+        return response
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready means: complaints can be taken in and kept. Kafka being down does not stop that; it is reported,
+        and so is every component that is degraded or restarting."""
         spool_full = self.spool.is_full()
-        ready = not self.draining and not spool_full
-        body = {
+        fault = self.spool.fault
+        ready = not self.draining and not spool_full and fault is None
+        components = self.supervisor.states()
+        publisher = self.supervisor.state(self.publisher.name)
+        publishing = publisher.state == "ok" and self.publisher.kafka_available
+        body: dict[str, object] = {
             "ready": ready,
             "accepting": ready,
             "draining": self.draining,
+            "status": "ok" if ready and all(c.state == "ok" for c in components) else "degraded" if ready else "not ready",
+            "components": {c.name: c.describe() for c in components},
             "kafka": {
-                "available": self.publisher.kafka_available,
-                "error": self.publisher.last_error,
-                "mode": "publishing" if self.publisher.kafka_available else "spooling",
+                "available": publishing,
+                "error": None if publishing else (self.publisher.last_error or publisher.describe()),
+                "mode": "publishing" if publishing else "spooling",
             },
             "spool": {
                 "full": spool_full,
+                "writable": fault is None,
+                "fault": fault,
                 "pending_events": self.spool.pending_events_count,
                 "capacity_events": self.spool.max_pending_events,
                 "pending_bytes": self.spool.pending_bytes_count,
             },
         }
-        return web.Response(
-            status=200 if ready else 503, body=json.dumps(body).encode(), content_type="application/json"
-        )
+        return ready, body
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, body = self.readiness()
+        self._update_component_gauges(ready)
+        return web.Response(status=200 if ready else 503, body=json.dumps(body).encode(), content_type="application/json")
+
+    def _update_component_gauges(self, ready: bool) -> None:
+        for state in self.supervisor.states():
+            self.metrics.component_up.labels(component=state.name).set(1 if state.up else 0)
+            self.metrics.component_degraded.labels(component=state.name).set(1 if state.state == "degraded" else 0)
+        self.metrics.ready.set(1 if ready else 0)
+        self.metrics.spool_writable.set(1 if self.spool.fault is None else 0)
+        publishing = self.supervisor.state(self.publisher.name).state == "ok" and self.publisher.kafka_available
+        self.metrics.kafka_up.set(1 if publishing else 0)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
+        self._update_component_gauges(self.readiness()[0])
         self.metrics.spool_pending_events.set(self.spool.pending_events_count)
         self.metrics.spool_pending_bytes.set(self.spool.pending_bytes_count)
         with contextlib.suppress(TemporaryFailure, sqlite3.Error):  # a scrape must not fail for a busy spool

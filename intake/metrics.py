@@ -20,7 +20,7 @@ class Metrics:
             "intake_published", "Events Kafka has acknowledged, by event type.", ["type"], registry=self.registry
         )
         self.publish_failures = Counter(
-            "intake_publish_failures", "Failed attempts to publish an event (it stays in the spool).", registry=self.registry
+            "intake_publish_failures", "Failed attempts to publish (the events stay in the spool): errors, sends Kafka left unanswered for kafka.stall_seconds, and connection attempts while events wait.", registry=self.registry
         )
         self.acknowledgements = Counter(
             "intake_acknowledgements",
@@ -45,3 +45,25 @@ class Metrics:
             "intake_publish_lag_seconds", "Age of the oldest event not yet on Kafka (0 when none).", registry=self.registry
         )
         self.kafka_up = Gauge("intake_kafka_up", "1 while Kafka acknowledges writes, 0 while intake only spools.", registry=self.registry)
+        self.component_up = Gauge(
+            "intake_component_up",
+            "1 while a long-running part of the gateway (publisher, replies, each listener, mailbox, poller) runs, "
+            "0 while it is restarting after a crash or stopped.",
+            ["component"],
+            registry=self.registry,
+        )
+        self.component_degraded = Gauge(
+            "intake_component_degraded",
+            "1 while a running component reports it cannot do its work fully (Kafka away, a mailbox unreachable, the spool failing).",
+            ["component"],
+            registry=self.registry,
+        )
+        self.component_restarts = Counter(
+            "intake_component_restarts", "Restarts of a component after it crashed.", ["component"], registry=self.registry
+        )
+        self.ready = Gauge(
+            "intake_ready", "1 while the gateway takes complaints in and can keep them (what /readyz answers).", registry=self.registry
+        )
+        self.spool_writable = Gauge(
+            "intake_spool_writable", "0 while the spool's last write failed (disk full, I/O error), else 1.", registry=self.registry
+        )

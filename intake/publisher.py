@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
 from intake.spool import Spool, StoredEvent
 from intake.pause import pause
@@ -82,8 +84,11 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self._backoff = 0.5
+        self._unmarked: list[int] = []
+        self.name = "publisher"
         self.kafka_available = False
         self.last_error: str | None = None
+        self.spool_error: str | None = None
         self.last_success: float | None = None
 
     # --- state ------------------------------------------------------------------
@@ -115,6 +120,8 @@ class Publisher:
         try:
             await asyncio.wait_for(producer.start(), timeout=self._settings.connect_timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as error:
+            if self._spool.pending_events_count:  # with events waiting, not reaching Kafka is a failed attempt to publish
+                self._metrics.publish_failures.inc()
             self._down(f"connect: {type(error).__name__}: {error}")
             await self._close(producer)
             return None
@@ -143,8 +150,15 @@ class Publisher:
     # --- the loop -------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Relay the outbox until stopped. A spool that cannot be read or written is waited out here;
+        anything unforeseen ends this call and the supervisor starts it again."""
         try:
             while not self._stopping.is_set():
+                if self._unmarked:
+                    # Kafka has these; until the spool records it, sending more would only repeat them.
+                    if not await self._mark(self._unmarked):
+                        await self._back_off()
+                        continue
                 if self._producer is None:
                     self._producer = await self._connect()
                     if self._producer is None:
@@ -152,16 +166,49 @@ class Publisher:
                         continue
                     self._up()
                 self._spool.events_written.clear()
-                batch = await self._spool.pending_events(after_seq=0, limit=self._settings.window)
+                try:
+                    batch = await self._spool.pending_events(after_seq=0, limit=self._settings.window)
+                except (TemporaryFailure, sqlite3.Error) as error:
+                    self._spool_failed(f"reading the outbox: {error}")
+                    await self._back_off()
+                    continue
+                self.spool_error = None
                 self._update_gauges(batch)
                 if not batch:
                     await self._idle()
                     continue
                 await self._publish(batch)
         finally:
+            # Whatever ended the loop, nothing is being published now: say so.
+            self.kafka_available = False
+            self._metrics.kafka_up.set(0)
             if self._producer is not None:
                 await self._close(self._producer, self._settings.shutdown_flush_timeout)
                 self._producer = None
+
+    def health(self) -> str | None:
+        if self.spool_error is not None:
+            return f"spool: {self.spool_error}"
+        if not self.kafka_available:
+            return f"kafka unavailable: {self.last_error or 'connecting'}"
+        return None
+
+    def _spool_failed(self, error: str) -> None:
+        if self.spool_error is None:
+            log.error("the spool failed under the publisher; retrying", extra={"event": "publisher_spool_error", "error": error})
+        self.spool_error = error[:300]
+
+    async def _mark(self, seqs: list[int]) -> bool:
+        """Forget what Kafka has acknowledged; on a spool failure keep the list and say so (retried by ``run``)."""
+        try:
+            await self._spool.mark_published(seqs)
+        except (TemporaryFailure, sqlite3.Error) as error:
+            self._unmarked = seqs
+            self._spool_failed(f"recording published events: {error}")
+            return False
+        self._unmarked = []
+        self.spool_error = None
+        return True
 
     async def _idle(self) -> None:
         waiter = asyncio.ensure_future(self._spool.events_written.wait())
@@ -190,10 +237,10 @@ class Publisher:
 
         published, failed = await self._await_all(futures)
         if published:
-            await self._spool.mark_published([e.seq for e in published])
             for event in published:
                 self._metrics.published.labels(type=_header(event, "ce_type")).inc()
             self._up()
+            await self._mark([e.seq for e in published])
         if failed or send_error:
             self._metrics.publish_failures.inc(max(1, len(failed)))
             self._down(send_error or failed[0])
@@ -207,6 +254,7 @@ class Publisher:
         errors: list[str] = []
         pending = set(futures)
         started = time.monotonic()
+        stalled = False
         while pending:
             done, pending = await asyncio.wait(pending, timeout=1.0)
             for future in done:
@@ -216,7 +264,10 @@ class Publisher:
                 else:
                     errors.append(f"delivery: {type(error).__name__}: {error}")
             waited = time.monotonic() - started
-            if pending and waited > self._settings.stall_after:
+            if pending and waited > self._settings.stall_after and not stalled:
+                # A send Kafka does not answer is a failed attempt, though aiokafka keeps retrying it: counted once.
+                stalled = True
+                self._metrics.publish_failures.inc(len(pending))
                 self._down("kafka is not acknowledging writes")
             if pending and self._stopping.is_set() and waited > self._settings.shutdown_flush_timeout:
                 # Left in the spool: resent, with the same ce_id, after the restart.

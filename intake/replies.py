@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -19,7 +20,8 @@ from typing import Any, Protocol
 from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
 from intake.reception import Reception
-from intake.spool import Spool, StoredReply
+from intake.spool import Event, Spool, StoredReply
+from normalizer.reference import complaint_id, reference_for
 from intake.pause import pause
 
 log = logging.getLogger("intake.replies")
@@ -42,6 +44,7 @@ class Replies:
         first_retry: float = 2.0,
         max_retry: float = 900.0,
         poll_interval: float = 0.5,
+        spool_retry: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._spool = spool
@@ -53,47 +56,74 @@ class Replies:
         self._first_retry = first_retry
         self._max_retry = max_retry
         self._poll_interval = poll_interval
+        self._spool_retry = spool_retry
+        self.name = "replies"
+        self.spool_error: str | None = None
         self._clock = clock
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
         while not self._stopping.is_set():
             busy = False
-            for channel, sender in self._senders.items():
-                for reply in await self._spool.due_replies(channel, self._clock()):
-                    if self._stopping.is_set():
-                        return
-                    busy = True
-                    await self._deliver(sender, reply)
+            try:
+                for channel, sender in list(self._senders.items()):
+                    for reply in await self._spool.due_replies(channel, self._clock()):
+                        if self._stopping.is_set():
+                            return
+                        busy = True
+                        await self._deliver(sender, reply)
+            except (TemporaryFailure, sqlite3.Error) as error:
+                # The spool cannot be read or written now: nothing was lost, the replies wait in it.
+                if self.spool_error is None:
+                    log.error("the spool failed under the reply sender; retrying", extra={"event": "replies_spool_error", "error": str(error)})
+                self.spool_error = str(error)[:300]
+                await pause(self._stopping, self._spool_retry)
+                continue
+            self.spool_error = None
             if not busy:
                 await pause(self._stopping, self._poll_interval)
+
+    def health(self) -> str | None:
+        return None if self.spool_error is None else f"spool: {self.spool_error}"
 
     async def _deliver(self, sender: ReplySender, reply: StoredReply) -> None:
         now = self._clock()
         try:
             await sender.send_reply(reply.payload)
-        except TemporaryFailure as error:
-            attempts = reply.attempts + 1
-            if attempts < self._max_attempts:
-                delay = min(self._first_retry * 2 ** (attempts - 1), self._max_retry)
-                self._metrics.acknowledgements.labels(channel=reply.channel, outcome="retried").inc()
-                log.warning(
-                    "acknowledgement not sent; will retry",
-                    extra={"event": "reply_retry", "channel": reply.channel, "reference": reply.payload.get("reference"), "attempts": attempts, "error": str(error)},
-                )
-                await self._spool.reply_failed(reply.id, retry_at=now + delay, error=str(error))
-                return
-            await self._give_up(reply, f"gave up after {attempts} attempts: {error}")
-            return
         except Rejected as error:
             await self._give_up(reply, str(error))
             return
+        except TemporaryFailure as error:
+            # Only a wait asked for by this failure (flood control), not the class's default for senders' retries.
+            await self._retry(reply, str(error), vars(error).get("retry_after", 0.0))
+            return
+        except Exception as error:  # a payload the sender cannot handle, or its bug: retried, bounded, and never in the way of other replies
+            log.error(
+                "acknowledgement failed unexpectedly",
+                extra={"event": "reply_error", "channel": reply.channel, "reference": reply.payload.get("reference"), "error_type": type(error).__name__},
+                exc_info=error,
+            )
+            await self._retry(reply, f"{type(error).__name__}: {error}", 0.0)
+            return
         sent_at = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        await self._spool.reply_sent(reply.id, [self._reception.acknowledged_event(payload=reply.payload, sent_at=sent_at)])
+        await self._spool.reply_sent(reply.id, [self._event(reply, sent_at, failed=None)])
         self._metrics.acknowledgements.labels(channel=reply.channel, outcome="sent").inc()
         received = reply.payload.get("received_at")
         if isinstance(received, (int, float)):
             self._metrics.acknowledgement_latency.labels(channel=reply.channel).observe(max(0.0, now - received))
+
+    async def _retry(self, reply: StoredReply, error: str, at_least: float) -> None:
+        attempts = reply.attempts + 1
+        if attempts >= self._max_attempts:
+            await self._give_up(reply, f"gave up after {attempts} attempts: {error}")
+            return
+        delay = max(min(self._first_retry * 2 ** (attempts - 1), self._max_retry), at_least)
+        self._metrics.acknowledgements.labels(channel=reply.channel, outcome="retried").inc()
+        log.warning(
+            "acknowledgement not sent; will retry",
+            extra={"event": "reply_retry", "channel": reply.channel, "reference": reply.payload.get("reference"), "attempts": attempts, "error": error},
+        )
+        await self._spool.reply_failed(reply.id, retry_at=self._clock() + delay, error=error)
 
     async def _give_up(self, reply: StoredReply, why: str) -> None:
         log.error(
@@ -101,9 +131,28 @@ class Replies:
             extra={"event": "reply_failed", "channel": reply.channel, "reference": reply.payload.get("reference"), "error": why},
         )
         sent_at = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)
-        event = self._reception.acknowledged_event(payload=reply.payload, sent_at=sent_at, failed=why[:500])
-        await self._spool.reply_sent(reply.id, [event])
+        await self._spool.reply_sent(reply.id, [self._event(reply, sent_at, failed=why[:500])])
         self._metrics.acknowledgements.labels(channel=reply.channel, outcome="failed").inc()
+
+    def _event(self, reply: StoredReply, sent_at: dt.datetime, *, failed: str | None) -> Event:
+        """The acknowledged (or acknowledgement_failed) event; a payload too broken to describe is named by its reply alone."""
+        try:
+            return self._reception.acknowledged_event(payload=reply.payload, sent_at=sent_at, failed=failed)
+        except (KeyError, TypeError, ValueError) as error:
+            reason = f"{failed or 'sent'}; reply payload unreadable: {type(error).__name__}"
+            return self._reception.acknowledged_event(payload=_bare_payload(reply), sent_at=sent_at, failed=reason[:500])
 
     async def stop(self) -> None:
         self._stopping.set()
+
+
+def _bare_payload(reply: StoredReply) -> dict[str, Any]:
+    """What the spool itself knows of a reply, for a payload whose own fields cannot be read."""
+    channel, _, message_id = reply.message_key.partition(":")
+    return {
+        "complaint_id": str(complaint_id(channel, message_id)),
+        "reference": reference_for(channel, message_id),
+        "key": reference_for(channel, message_id),
+        "channel": reply.channel,
+        "locale": "und",
+    }

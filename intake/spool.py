@@ -143,6 +143,8 @@ _Op = Callable[[sqlite3.Connection], Any]
 class Spool:
     """The gateway's durable store; see the module docstring for how writes are committed."""
 
+    fault: str | None = None  # placeholder until the spool reports its write failures
+
     def __init__(
         self,
         path: Path,

@@ -129,9 +129,19 @@ async def test_complaints_taken_while_kafka_is_down_are_published_once_it_return
             async def reported_down() -> bool:
                 async with http.get(f"{base}/readyz") as response:
                     body = await response.json()
-                    return response.status == 200 and body["accepting"] and body["kafka"]["available"] is False
+                    return (
+                        response.status == 200
+                        and body["accepting"]
+                        and body["kafka"]["available"] is False
+                        and body["components"]["publisher"].startswith("degraded: kafka unavailable")
+                    )
 
             await wait_for(reported_down, timeout=30)
+            # Sends Kafka leaves unanswered are failed attempts, and the metric an alert reads says so.
+            async with http.get(f"{base}/metrics") as response:
+                page = await response.text()
+            assert metric(page, "intake_publish_failures_total") >= 1
+            assert metric(page, "intake_kafka_up") == 0
         finally:
             broker.start()
         records = await read_topic(kafka.bootstrap, topic, expect=44, timeout=90)
@@ -146,6 +156,12 @@ async def test_complaints_taken_while_kafka_is_down_are_published_once_it_return
     assert followed.partition == original.partition and followed.offset > original.offset
     for record in received:
         jsonschema.validate(record.data, SCHEMA)
+
+
+def metric(page: str, name: str) -> float:
+    """One sample's value from a Prometheus text page."""
+    [line] = [line for line in page.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
+    return float(line.rsplit(" ", 1)[1])
 
 
 async def _published(gateway, count: int) -> bool:

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 if TYPE_CHECKING:
     from intake.config import Settings
-    from intake.gateway import Gateway, Service
+    from intake.gateway import Gateway
+    from intake.supervisor import Component
     from intake.replies import ReplySender
 
 __all__ = [
@@ -192,7 +193,7 @@ class EmailConfig(_Section):
 class EmailChannel:
     """What the gateway runs for email: long-running services and the acknowledgement sender."""
 
-    services: list[Service] = field(default_factory=list)
+    services: list[Component] = field(default_factory=list)
     sender: ReplySender | None = None
 
 

@@ -50,32 +50,25 @@ class MailboxWatcher:
         self._config = config
         self._inbound = inbound
         self._spool = spool
-        self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._stop_flag = threading.Event()  # the same signal, for the worker thread
         # What the watcher is doing, for operators and tests: connecting, catching up, idle, polling, waiting.
         self.state = "stopped"
+        self._last_error = ""
         self._reached = False  # whether the current session got as far as a complete catch-up
 
     @property
     def name(self) -> str:
-        return self._config.name
-
-    async def start(self) -> None:
-        self._stopping.clear()
-        self._stop_flag.clear()
-        self._task = asyncio.create_task(self.run(), name=f"imap:{self.name}")
+        """The component's name, for logs, /readyz and metrics."""
+        return f"imap:{self._config.name}"
 
     async def stop(self) -> None:
+        """Ask ``run`` to end: the thread notices within a second when idling; a command in flight is bounded by the socket timeout."""
         self._stopping.set()
         self._stop_flag.set()
-        if self._task is None:
-            return
-        # The thread notices within a second when idling; a command in flight is bounded by the socket timeout.
-        done, _ = await asyncio.wait({self._task}, timeout=self._config.timeout_seconds + 5)
-        if not done:
-            self._task.cancel()
-        self._task = None
+
+    def health(self) -> str | None:
+        return f"mailbox unreachable: {self._last_error}" if self.state == "waiting to reconnect" else None
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless the gateway stops first."""
@@ -92,17 +85,16 @@ class MailboxWatcher:
                 await self._session()
                 continue
             except _CONNECTION_ERRORS as error:
+                self._last_error = f"{type(error).__name__}: {str(error)[:200]}"
                 log.warning(
                     "mailbox unavailable; reconnecting",
                     extra={
                         "event": "imap_disconnected",
-                        "mailbox": self.name,
+                        "mailbox": self._config.name,
                         "error_type": type(error).__name__,
                         "error": str(error)[:300],
                     },
                 )
-            except Exception:  # a bug must not silence the mailbox for good: report it, then start over
-                log.exception("mailbox watcher failed; restarting it", extra={"event": "imap_failed", "mailbox": self.name})
             # A session that worked and dropped is retried soon; a server that stays away (or a folder that
             # cannot be selected), less and less often.
             delay = 1.0 if self._reached else min(delay * 2, self._config.reconnect_max_seconds)
@@ -115,7 +107,7 @@ class MailboxWatcher:
         client = await asyncio.to_thread(self._connect)
         try:
             idle = client.has_capability("IDLE")
-            log.info("mailbox connected", extra={"event": "imap_connected", "mailbox": self.name, "idle": idle})
+            log.info("mailbox connected", extra={"event": "imap_connected", "mailbox": self._config.name, "idle": idle})
             if self._config.after_import == "move" and not await asyncio.to_thread(client.folder_exists, self._config.move_to):
                 await asyncio.to_thread(client.create_folder, self._config.move_to)
             first = True
@@ -128,7 +120,7 @@ class MailboxWatcher:
                     # The spool or the attachment store cannot take it now: nothing was promised, the cursor
                     # has not moved; try again on this connection.
                     log.warning(
-                        "mailbox import deferred", extra={"event": "imap_deferred", "mailbox": self.name, "error": str(error)}
+                        "mailbox import deferred", extra={"event": "imap_deferred", "mailbox": self._config.name, "error": str(error)}
                     )
                     await self._pause(error.retry_after)
                     continue
@@ -227,7 +219,7 @@ class MailboxWatcher:
             else:
                 log.warning(
                     "UIDVALIDITY changed; reading the folder again (duplicates are recognised by Message-ID)",
-                    extra={"event": "imap_uidvalidity_changed", "mailbox": self.name},
+                    extra={"event": "imap_uidvalidity_changed", "mailbox": self._config.name},
                 )
                 await self._spool.set_cursor(config.cursor_name, f"{uidvalidity}:0")
         if tidy and last_uid and config.after_import == "move":
@@ -257,15 +249,15 @@ class MailboxWatcher:
             raw,
             received_at=received_at,
             envelope_sender=None,  # IMAP has no envelope; Return-Path in the message stands for it
-            origin={"received_via": "imap", "mailbox": self.name, "folder": self._config.folder},
-            context={"via": "imap", "mailbox": self.name, "folder": self._config.folder, "uid": position},
+            origin={"received_via": "imap", "mailbox": self._config.name, "folder": self._config.folder},
+            context={"via": "imap", "mailbox": self._config.name, "folder": self._config.folder, "uid": position},
             cursor=(self._config.cursor_name, position),
         )
         log.info(
             "mail taken in",
             extra={
                 "event": "imap_received",
-                "mailbox": self.name,
+                "mailbox": self._config.name,
                 "uid": position,
                 "reference": outcome.reference,
                 "duplicate": outcome.duplicate,
@@ -281,5 +273,5 @@ class MailboxWatcher:
         except IMAPClientError as error:
             log.warning(
                 "could not flag or move an imported message",
-                extra={"event": "imap_settle_failed", "mailbox": self.name, "error": str(error)[:300]},
+                extra={"event": "imap_settle_failed", "mailbox": self._config.name, "error": str(error)[:300]},
             )

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("intake.email.smtp")
 
 DEFERRED = "451 4.3.0 Temporary failure, please try again later"
+# On stop, how long a DATA in progress may take to get its answer.
+_STOP_GRACE_SECONDS = 10.0
 NOT_OURS = "550 5.7.1 Relaying denied: this server only takes mail for its own complaint addresses"
 
 
@@ -46,10 +48,14 @@ class SmtpListener:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = asyncio.Event()
 
     # --- life -------------------------------------------------------------------
 
-    async def start(self) -> None:
+    name = "smtp"
+
+    async def open(self) -> None:
+        """Bind the listening socket before the gateway reports it has started; a taken port fails the start."""
         # aiosmtpd logs every command at INFO, with the customer's address in it.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
@@ -66,7 +72,19 @@ class SmtpListener:
         assert self._server is not None and self._server.sockets
         return self._server.sockets[0].getsockname()[1]
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def run(self) -> None:
+        """Serve until stopped (sessions run on the gateway's loop), then close as ``_close`` says."""
+        if self._server is None:  # started again after a crash
+            await self.open()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._close(_STOP_GRACE_SECONDS)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def _close(self, grace: float) -> None:
         """Take no new connections, let a DATA in progress get its answer, then close the idle sessions."""
         if self._server is None:
             return
