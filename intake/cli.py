@@ -1,4 +1,4 @@
-"""The ``intake`` command: serve, schema, check-config, spool status."""
+"""The ``intake`` command: serve, schema, check-config, topics, spool status."""
 
 from __future__ import annotations
 
@@ -108,6 +108,19 @@ def _spool_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topics(args: argparse.Namespace) -> int:
+    from intake import topics
+
+    settings = _settings(args.config)
+    try:
+        reports = asyncio.run(topics.ensure(settings.kafka, create=not args.check))
+    except topics.TopicsUnavailable as error:
+        print(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps([report.as_dict() for report in reports], indent=2))
+    return 0 if all(report.state in ("ok", "created") for report in reports) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="intake", description="Omnichannel complaint intake gateway.")
     top.add_argument("--config", "-c", help="TOML configuration file (default: $INTAKE_CONFIG, else built-in defaults)")
@@ -115,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the gateway").set_defaults(run=_serve)
     commands.add_parser("schema", help="print the complaint record's JSON Schema").set_defaults(run=_schema)
     commands.add_parser("check-config", help="validate the configuration and print a summary").set_defaults(run=_check_config)
+    topics = commands.add_parser(
+        "topics", help="create the topics intake writes to (partitions, replication, settings from [kafka]) and check them"
+    )
+    topics.add_argument("--check", action="store_true", help="only check: create nothing; exit 1 if one is missing or differs")
+    topics.set_defaults(run=_topics)
     spool = commands.add_parser("spool", help="inspect the spool").add_subparsers(dest="spool_command", required=True)
     spool.add_parser("status", help="pending events, replies, dead letters, capacity").set_defaults(run=_spool_status)
     return top

@@ -46,6 +46,30 @@ class KafkaConfig(_Section):
     window: int = Field(1000, ge=1, description="Events sent before waiting for Kafka's acknowledgements.")
     send_timeout_seconds: float = Field(10.0, gt=0, description="Bound on one send call (metadata wait, full buffer).")
     stall_seconds: float = Field(5.0, gt=0, description="Unacknowledged this long, Kafka is reported unavailable.")
+    create_topics: bool = Field(
+        True,
+        description="Create the topics intake writes to when they are missing (at start, and by `intake topics`), with the "
+        "settings below. Off: they must exist; /readyz names a missing one.",
+    )
+    partitions: int = Field(
+        12,
+        ge=1,
+        description="Partitions of a topic intake creates. Order holds per complaint reference on any count; consumers in one "
+        "group can use at most this many instances. Choose it once: changing it later moves references between partitions.",
+    )
+    replication_factor: int = Field(
+        -1, ge=-1, description="Replicas of a topic intake creates; -1: 3, or as many as there are brokers when fewer."
+    )
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of a topic intake creates (none: the broker's default). With acks=all, 2 of 3 replicas "
+        "keeps an acknowledged complaint through the loss of a broker.",
+    )
+    topic_configs: dict[str, str] = Field(
+        default_factory=dict,
+        description='Further settings of a topic intake creates, e.g. {"retention.ms" = "2592000000"} (30 days).',
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

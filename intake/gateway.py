@@ -22,6 +22,7 @@ from channels.web_form import WebFormChannel
 from channels.webhook import WebhookChannel
 from intake.attachments import AttachmentStore
 from intake.config import Settings
+from intake import topics
 from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
 from intake.pause import pause
@@ -109,6 +110,7 @@ class Gateway:
             ),
             self.metrics,
             producer_factory,
+            topics_check=lambda: topics.ensure(kafka, create=kafka.create_topics),
         )
         self.reception = Reception(
             self.spool,
@@ -266,6 +268,7 @@ class Gateway:
                 "available": publishing,
                 "error": None if publishing else (self.publisher.last_error or publisher.describe()),
                 "mode": "publishing" if publishing else "spooling",
+                "topics": {report.name: report.state for report in self.publisher.topics},
             },
             "spool": {
                 "full": spool_full,

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
 from intake.spool import Spool, StoredEvent
+from intake.topics import TopicReport, TopicsUnavailable
 from intake.pause import pause
 
 log = logging.getLogger("intake.publisher")
@@ -45,6 +46,8 @@ class PublisherSettings:
 
 
 ProducerFactory = Callable[[PublisherSettings], AIOKafkaProducer]
+# Creates or checks the topics written to; returns what it found (intake.topics.ensure, bound to the configuration).
+TopicsCheck = Callable[[], Awaitable[list[TopicReport]]]
 
 
 def default_producer(settings: PublisherSettings) -> AIOKafkaProducer:
@@ -76,8 +79,11 @@ class Publisher:
         settings: PublisherSettings,
         metrics: Metrics,
         producer_factory: ProducerFactory = default_producer,
+        topics_check: TopicsCheck | None = None,
     ) -> None:
         self._spool = spool
+        self._topics_check = topics_check
+        self.topics: list[TopicReport] = []
         self._settings = settings
         self._metrics = metrics
         self._factory = producer_factory
@@ -144,6 +150,8 @@ class Publisher:
             return
         if updated:
             self._up()
+            if any(report.state == "missing" for report in self.topics):
+                await self._check_topics()
         else:
             self._down("metadata: no broker answered")
 
@@ -165,6 +173,7 @@ class Publisher:
                         await self._back_off()
                         continue
                     self._up()
+                    await self._check_topics()
                 self._spool.events_written.clear()
                 try:
                     batch = await self._spool.pending_events(after_seq=0, limit=self._settings.window)
@@ -191,7 +200,24 @@ class Publisher:
             return f"spool: {self.spool_error}"
         if not self.kafka_available:
             return f"kafka unavailable: {self.last_error or 'connecting'}"
+        missing = [report.name for report in self.topics if report.state == "missing"]
+        if missing:
+            return f"topics missing: {', '.join(missing)} (create them with `intake topics`)"
         return None
+
+    async def _check_topics(self) -> None:
+        """Create or check the topics; a missing one is reported (events for it wait in the spool), never fatal."""
+        if self._topics_check is None:
+            return
+        try:
+            self.topics = await self._topics_check()
+        except TopicsUnavailable as error:
+            log.warning("topics could not be checked", extra={"event": "topics_unchecked", "error": str(error)})
+            return
+        for report in self.topics:
+            if report.state in ("missing", "different", "created"):
+                level = logging.INFO if report.state == "created" else logging.WARNING
+                log.log(level, f"topic {report.state}", extra={"event": f"topic_{report.state}", "topic": report.name, "detail": report.detail})
 
     def _spool_failed(self, error: str) -> None:
         if self.spool_error is None:
