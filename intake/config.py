@@ -5,16 +5,24 @@ start a gateway on a laptop with no configuration at all. Nested options are
 set from the environment with a double underscore, e.g.
 ``INTAKE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
 ``INTAKE_WEBHOOK__PARTNERS='{"acme": {"secrets": ["..."]}}'``.
+
+Secrets can stay out of the environment, as Docker and Kubernetes secrets
+are files: ``INTAKE_KAFKA__SASL_PASSWORD_FILE=/run/secrets/kafka`` reads the
+option from that file, and every file in ``$INTAKE_SECRETS_DIR`` named like a
+variable (``INTAKE_TELEGRAM__TOKEN``, any case) sets it. A variable set
+directly wins over a file; both a variable and its ``_FILE`` is an error.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from channels.email import EmailConfig
 from channels.telegram import TelegramConfig
@@ -185,8 +193,49 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init values; the environment overrides it.
-        return env_settings, init_settings
+        # The TOML file arrives as init values; the environment (with secret files) overrides it.
+        return _Environment(settings_cls), init_settings
+
+
+# Variables of the program itself, not options.
+_NOT_OPTIONS = frozenset({"INTAKE_CONFIG", "INTAKE_SECRETS_DIR"})
+
+
+class _Environment(EnvSettingsSource):
+    """INTAKE_* variables, plus options read from files (``*_FILE`` and ``$INTAKE_SECRETS_DIR``); an unknown section is an error."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        variables = {name.upper(): value for name, value in os.environ.items() if name.upper().startswith("INTAKE_")}
+        merged: dict[str, str] = {}
+        directory = os.environ.get("INTAKE_SECRETS_DIR")
+        if directory:
+            for path in sorted(Path(directory).iterdir()):
+                name = path.name.upper()
+                if name.startswith("INTAKE_") and name not in _NOT_OPTIONS and path.is_file():
+                    merged[name] = _read_secret(path, name)
+        for name, value in variables.items():
+            if name.endswith("_FILE") and name not in _NOT_OPTIONS:
+                option = name.removesuffix("_FILE")
+                if option in variables:
+                    raise ValueError(f"both {option} and {name} are set; keep one")
+                merged[option] = _read_secret(Path(value), name)
+        merged.update({name: value for name, value in variables.items() if not name.endswith("_FILE")})
+        sections = set(self.settings_cls.model_fields)
+        for name in merged:
+            if name in _NOT_OPTIONS:
+                continue
+            section = name.removeprefix("INTAKE_").split("__", 1)[0].lower()
+            if section not in sections:
+                raise ValueError(f"{name}: no option or section {section!r} (known: {', '.join(sorted(sections))})")
+        return {name.lower(): value for name, value in merged.items()}
+
+
+def _read_secret(path: Path, variable: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{variable}: cannot read {path}: {type(error).__name__}") from None
+    return text.removesuffix("\n").removesuffix("\r")  # the newline an editor or `echo` leaves at the end
 
 
 def load(path: Path | None = None) -> Settings:
