@@ -1,4 +1,4 @@
-"""The ``intake`` command: serve, schema, check-config, topics, spool status."""
+"""The ``intake`` command: serve, schema, asyncapi, check-config, topics, spool status."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def _schema(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
     sys.stdout.write(files("normalizer").joinpath("schema/complaint.v1.json").read_text(encoding="utf-8"))
+    return 0
+
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    from intake.asyncapi import document
+
+    print(json.dumps(document(_settings(args.config)), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -127,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the gateway").set_defaults(run=_serve)
     commands.add_parser("schema", help="print the complaint record's JSON Schema").set_defaults(run=_schema)
+    commands.add_parser(
+        "asyncapi", help="print the AsyncAPI 3.0 document of the topics (headers, keys, payload schemas) for consumers"
+    ).set_defaults(run=_asyncapi)
     commands.add_parser("check-config", help="validate the configuration and print a summary").set_defaults(run=_check_config)
     topics = commands.add_parser(
         "topics", help="create the topics intake writes to (partitions, replication, settings from [kafka]) and check them"

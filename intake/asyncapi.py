@@ -1,0 +1,139 @@
+"""The contract with downstream consumers as an AsyncAPI 3.0 document: the topics, the CloudEvents headers, the payloads.
+
+Built from the configuration (topic names, brokers, partitions) and the JSON
+Schemas shipped in ``normalizer/schema``, so the document a consumer reads is
+the one this gateway runs with; ``intake asyncapi`` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any
+
+from intake import events
+from intake.config import Settings
+from normalizer.reference import REFERENCE_PATTERN
+
+# JSON Schema 2020-12, which the shipped schemas are written in (AsyncAPI 3 takes any format that names itself).
+_SCHEMA_FORMAT = "application/schema+json;version=2020-12"
+_KAFKA_BINDING = "0.5.0"
+
+
+def _shipped(name: str) -> dict[str, Any]:
+    return json.loads(files("normalizer").joinpath(f"schema/{name}").read_text(encoding="utf-8"))
+
+
+def _headers(types: list[str], dataschema: str) -> dict[str, Any]:
+    """The CloudEvents 1.0 attributes of the Kafka protocol binding, binary mode: one ``ce_`` header each."""
+    return {
+        "type": "object",
+        "required": ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_time", "ce_dataschema", "content-type"],
+        "properties": {
+            "ce_specversion": {"type": "string", "const": events.SPECVERSION},
+            "ce_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "Stable across redeliveries and resends: deduplicate on it to see each event once.",
+            },
+            "ce_source": {"type": "string", "description": "The configured source prefix and the channel, e.g. urn:intake/email."},
+            "ce_type": {"type": "string", "enum": types},
+            "ce_subject": {"type": "string", "pattern": REFERENCE_PATTERN, "description": "The complaint's reference."},
+            "ce_time": {"type": "string", "format": "date-time"},
+            "ce_dataschema": {"type": "string", "const": dataschema},
+            "content-type": {"type": "string", "const": "application/json"},
+        },
+    }
+
+
+def _message(name: str, title: str, summary: str, ce_types: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": title,
+        "summary": summary,
+        "contentType": "application/json",
+        "headers": _headers(ce_types, schema["$id"]),
+        "payload": {"schemaFormat": _SCHEMA_FORMAT, "schema": schema},
+        "bindings": {
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "pattern": REFERENCE_PATTERN,
+                    "description": "The reference of the complaint, or for a follow-up of the complaint it follows: "
+                    "a complaint and everything after it share a partition, in order.",
+                },
+                "bindingVersion": _KAFKA_BINDING,
+            }
+        },
+    }
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    kafka = settings.kafka
+    complaint, acknowledgement, dead_letter = (_shipped(n) for n in ("complaint.v1.json", "acknowledgement.v1.json", "dead-letter.v1.json"))
+    topic_binding = {"partitions": kafka.partitions, "bindingVersion": _KAFKA_BINDING}
+    if kafka.replication_factor > 0:
+        topic_binding["replicas"] = kafka.replication_factor
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "intake complaint events",
+            "version": "1.0.0",
+            "description": "What the intake gateway publishes: every complaint from every channel as one versioned record, "
+            "what the complainant was told, and what could not be read. CloudEvents 1.0 in Kafka binary mode. Delivery is "
+            "at least once: deduplicate on the ce_id header.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "kafka": {
+                "host": kafka.bootstrap_servers.split(",")[0].strip(),
+                "protocol": "kafka-secure" if kafka.security_protocol != "PLAINTEXT" else "kafka",
+                "description": f"bootstrap servers: {kafka.bootstrap_servers}",
+            }
+        },
+        "channels": {
+            "complaints": {
+                "address": kafka.topic,
+                "description": "Complaints, follow-ups and acknowledgements, keyed by reference.",
+                "messages": {
+                    "complaint": _message(
+                        "complaint",
+                        "A complaint or a follow-up",
+                        "A new complaint (received) or a later message on an existing one (followed_up, keyed by the complaint it follows).",
+                        [events.COMPLAINT_RECEIVED, events.COMPLAINT_FOLLOWED_UP],
+                        complaint,
+                    ),
+                    "acknowledgement": _message(
+                        "acknowledgement",
+                        "An acknowledgement sent, or failed for good",
+                        "The complainant was answered on a channel with the reference, or could not be.",
+                        [events.COMPLAINT_ACKNOWLEDGED, events.ACKNOWLEDGEMENT_FAILED],
+                        acknowledgement,
+                    ),
+                },
+                "bindings": {"kafka": {"topic": kafka.topic, **topic_binding}},
+            },
+            "deadLetters": {
+                "address": kafka.dead_letter_topic,
+                "description": "Messages kept but not readable as a complaint; the raw bytes stay in the gateway's spool for replay.",
+                "messages": {
+                    "deadLetter": _message(
+                        "deadLetter", "A message that could not be read", "Why, and where its raw bytes are kept.", [events.MESSAGE_DEAD_LETTERED], dead_letter
+                    )
+                },
+                "bindings": {"kafka": {"topic": kafka.dead_letter_topic, **topic_binding}},
+            },
+        },
+        "operations": {
+            "publishComplaints": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/complaints"},
+                "messages": [{"$ref": "#/channels/complaints/messages/complaint"}, {"$ref": "#/channels/complaints/messages/acknowledgement"}],
+            },
+            "publishDeadLetters": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/deadLetters"},
+                "messages": [{"$ref": "#/channels/deadLetters/messages/deadLetter"}],
+            },
+        },
+    }
