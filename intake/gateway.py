@@ -41,6 +41,11 @@ _OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _DRAIN_RETRY_AFTER = 5
 
 
+async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp names itself and Python with their versions: a map of what to attack, for nobody's benefit.
+    response.headers["Server"] = "intake"
+
+
 class Housekeeping:
     """A component: forgets raw messages past retention, and tries the spool again while its writes fail."""
 
@@ -146,6 +151,7 @@ class Gateway:
         self.app = web.Application(
             client_max_size=max(settings.webhook.max_body_bytes, 1024 * 1024), middlewares=[self._refuse_while_draining]
         )
+        self.app.on_response_prepare.append(_plain_server_header)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics_page)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -175,7 +176,12 @@ class Reception:
                 **reply_payload(complaint, acknowledgement),
             }
             submission.replies = [Reply(channel=via, payload=payload)]
-        return self._outcome(await self.spool.accept(submission), channel)
+        receipt = await self.spool.accept(submission)
+        if acknowledgement is not None and ack == "inline" and not receipt.duplicate:
+            # Answered in the channel's own reply (TwiML, the webhook's 202, the form's page), once it is stored.
+            self._metrics.acknowledgements.labels(channel=complaint.channel, outcome="sent").inc()
+            self._metrics.acknowledgement_latency.labels(channel=complaint.channel).observe(max(0.0, time.time() - submission.received_at))
+        return self._outcome(receipt, channel)
 
     async def _dead_letter(self, submission: Submission, ident: uuid.UUID, error: str, received_at: dt.datetime) -> Outcome:
         """Keep the raw message and tell the dead-letter topic why it is not a record."""
@@ -201,6 +207,11 @@ class Reception:
         answer = receipt.answer
         label = "duplicate" if receipt.duplicate else "dead_lettered" if answer.get("dead_lettered") else "automated" if answer.get("automated") else "accepted"
         self._metrics.received.labels(channel=channel, outcome=label).inc()
+        # One line per message taken in, on every channel: ids and outcome, never what the customer wrote or who they are.
+        log.info(
+            "message received",
+            extra={"event": "received", "channel": channel, "reference": answer["reference"], "complaint_id": answer["complaint_id"], "outcome": label},
+        )
         return Outcome(
             reference=answer["reference"],
             complaint_id=answer["complaint_id"],
