@@ -261,7 +261,10 @@ class Spool:
         conn.execute("BEGIN IMMEDIATE")
         for op, future in batch:
             if not isolated:
-                outcomes.append((future, op(conn), None))
+                try:
+                    outcomes.append((future, op(conn), None))
+                except SpoolFull as refusal:  # raised before the op wrote anything: only its caller is refused
+                    outcomes.append((future, None, refusal))
                 continue
             conn.execute("SAVEPOINT op")
             try:
@@ -313,11 +316,28 @@ class Spool:
         if self._pending_events >= self.max_pending_events or self._pending_bytes >= self.max_pending_bytes:
             raise SpoolFull("the spool is full; Kafka is not keeping up")
 
+    def _reserve_pending(self, events: list[Event]) -> None:
+        """In the writer, before the op writes: refuse what would take the outbox past its limits.
+
+        The counters already include what earlier ops of the same batch inserted, so checking and
+        counting are one step and concurrent submissions cannot overshoot. Raises SpoolFull before
+        anything is written, which lets the batch go on without this op. An empty outbox takes any
+        one submission, however large, or it could never be taken at all."""
+        if not events or self._pending_events == 0:
+            return
+        size = sum(len(e.value) for e in events)
+        if self._pending_events + len(events) > self.max_pending_events or self._pending_bytes + size > self.max_pending_bytes:
+            raise SpoolFull("the spool is full; Kafka is not keeping up")
+
     async def accept(self, submission: Submission) -> Receipt:
-        """Store a received message and everything it causes, once; a redelivery returns the first answer."""
-        self._check_capacity()
+        """Store a received message and everything it causes, once; a redelivery returns the first answer.
+
+        Raises SpoolFull when the outbox is at its limits (decided in the writer, so that
+        concurrent submissions cannot overshoot them), TemporaryFailure when the write fails."""
+        self._check_capacity()  # the cheap early answer while full; the binding check is in the op
 
         def op(conn: sqlite3.Connection) -> Receipt:
+            self._reserve_pending(submission.events)
             inserted = conn.execute(
                 "INSERT INTO message (key, channel, reference, received_at, raw, raw_digest, context, answer, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",

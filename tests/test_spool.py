@@ -70,6 +70,27 @@ async def test_a_full_spool_pushes_back_and_recovers_when_drained(tmp_path: Path
     assert status.pending_events == 2 and status.messages == 4
 
 
+async def test_concurrent_accepts_never_overshoot_the_limit(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db", max_pending_events=50)
+    await spool.open()
+    results = await asyncio.gather(*(spool.accept(submission(n)) for n in range(150)), return_exceptions=True)
+    status = await spool.status()
+    await spool.close()
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, SpoolFull)]
+    assert len(accepted) == 50 and len(refused) == 100
+    assert status.messages == 50 and status.pending_events == 50
+
+
+async def test_the_byte_limit_holds_under_concurrency_too(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db", max_pending_bytes=10 * 40)  # room for the events of 40 submissions
+    await spool.open()
+    results = await asyncio.gather(*(spool.accept(submission(n)) for n in range(120)), return_exceptions=True)
+    await spool.close()
+    assert sum(not isinstance(r, BaseException) for r in results) == 40
+    assert sum(isinstance(r, SpoolFull) for r in results) == 80
+
+
 async def test_pending_counts_survive_a_restart(tmp_path: Path):
     spool = Spool(tmp_path / "s.db")
     await spool.open()
