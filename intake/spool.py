@@ -140,6 +140,18 @@ class SpoolStatus:
 _Op = Callable[[sqlite3.Connection], Any]
 
 
+def _describe(error: sqlite3.Error) -> str:
+    """What went wrong, in the words an operator searches for."""
+    name = getattr(error, "sqlite_errorname", "") or type(error).__name__
+    if name == "SQLITE_FULL":
+        return "disk full"
+    if name.startswith("SQLITE_IOERR"):
+        return f"disk I/O error ({name})"
+    if name.startswith("SQLITE_CORRUPT"):
+        return f"the spool file is corrupt ({name})"
+    return f"{name}: {error}"
+
+
 class Spool:
     """The gateway's durable store; see the module docstring for how writes are committed."""
 
@@ -167,6 +179,18 @@ class Spool:
         self._batch_wrote_events = False
         self.events_written = asyncio.Event()
         self.commits = 0
+        # Set in the writer thread or a reader thread, read on the loop: assignments are atomic under the GIL.
+        self._write_fault: str | None = None
+        self._read_fault: str | None = None
+        self._unsettled = False  # a failed batch's rollback or recount is still to be done
+
+    @property
+    def fault(self) -> str | None:
+        """The spool's last failure, e.g. "disk full", or None while it works.
+
+        A failed commit sets it and the next successful commit clears it; a failed read
+        likewise until a read succeeds. A write fault is reported before a read fault."""
+        return self._write_fault or self._read_fault
 
     # --- life -----------------------------------------------------------------
 
@@ -177,9 +201,13 @@ class Spool:
         self._writer = threading.Thread(target=self._write_loop, args=(ready,), name="spool-writer", daemon=True)
         self._writer.start()
         await ready
-        self._reader = self._connect()
-        with self._read_lock:
+        try:
+            self._reader = self._connect()
             self._recount(self._reader)
+        except sqlite3.Error as error:
+            self._read_fault = _describe(error)
+            await self.close()
+            raise TemporaryFailure(f"cannot open the spool: {self._read_fault}") from error
         if self._pending_events:
             self.events_written.set()
 
@@ -207,7 +235,8 @@ class Spool:
             conn = self._connect()
             conn.executescript(_SCHEMA)
         except sqlite3.Error as error:
-            self._loop.call_soon_threadsafe(ready.set_exception, TemporaryFailure(f"cannot open the spool: {error}"))
+            self._write_fault = _describe(error)
+            self._loop.call_soon_threadsafe(ready.set_exception, TemporaryFailure(f"cannot open the spool: {self._write_fault}"))
             return
         self._loop.call_soon_threadsafe(ready.set_result, None)
         running = True
@@ -228,7 +257,21 @@ class Spool:
             self._loop.call_soon_threadsafe(self._settle, self._commit(conn, batch))
         conn.close()
 
+    def _settle_connection(self, conn: sqlite3.Connection) -> None:
+        """After a failed batch: end its transaction and recount. If that fails too (the disk is
+        gone), the writer lives on and the next batch tries again before it begins."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._recount(conn)
+        except sqlite3.Error as error:
+            self._write_fault = _describe(error)
+        else:
+            self._unsettled = False
+
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        if self._unsettled:
+            self._settle_connection(conn)
         try:
             try:
                 outcomes = self._run_batch(conn, batch, isolated=False)
@@ -238,11 +281,12 @@ class Spool:
                 self._recount(conn)
                 outcomes = self._run_batch(conn, batch, isolated=True)
             self.commits += 1
+            self._write_fault = None
         except sqlite3.Error as error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._recount(conn)
-            failure = TemporaryFailure(f"spool write failed: {error}")
+            self._write_fault = _describe(error)
+            self._unsettled = True
+            self._settle_connection(conn)
+            failure = TemporaryFailure(f"spool write failed: {self._write_fault}")
             return [(future, None, failure) for _, future in batch]
         if self._batch_wrote_events:
             self._batch_wrote_events = False
@@ -272,6 +316,8 @@ class Spool:
             except Exception as error:  # the failure is this op's caller's to handle
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+                if isinstance(error, sqlite3.Error):  # callers handle one type; the batch itself is fine
+                    error = TemporaryFailure(f"spool write failed: {_describe(error)}")
                 outcomes.append((future, None, error))
             else:
                 conn.execute("RELEASE op")
@@ -302,11 +348,19 @@ class Spool:
         return await asyncio.shield(future)
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a query on the reader connection in a thread; a failure is a TemporaryFailure and the fault."""
+
         def run() -> T:
-            if self._reader is None:
-                raise TemporaryFailure("the spool is not open")
             with self._read_lock:
-                return query(self._reader)
+                if self._reader is None:
+                    raise TemporaryFailure("the spool is not open")
+                try:
+                    result = query(self._reader)
+                except sqlite3.Error as error:
+                    self._read_fault = _describe(error)
+                    raise TemporaryFailure(f"spool read failed: {self._read_fault}") from error
+            self._read_fault = None
+            return result
 
         return await asyncio.to_thread(run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from intake.errors import SpoolFull
+from intake.errors import SpoolFull, TemporaryFailure
 from intake.spool import Event, Reply, Spool, Submission
 
 
@@ -196,3 +197,34 @@ async def test_one_bad_message_fails_alone_and_its_batch_commits(tmp_path: Path)
     assert isinstance(results[13], TypeError)
     assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 13)
     assert status.messages == 29 and status.pending_events == 29
+
+
+async def test_a_failed_read_is_a_temporary_failure_and_shows_as_the_fault(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        await spool.accept(submission(1))
+        assert spool.fault is None
+        with sqlite3.connect(tmp_path / "s.db") as other:  # the table goes away under the spool
+            other.execute("DROP TABLE cursor")
+        with pytest.raises(TemporaryFailure) as failure:
+            await spool.cursor("imap:INBOX")
+        assert not isinstance(failure.value, sqlite3.Error)
+        assert spool.fault is not None and "cursor" in spool.fault
+        assert await spool.has_message("test:1")  # the next read that works clears it
+        assert spool.fault is None
+    finally:
+        await spool.close()
+
+
+async def test_a_write_that_fails_in_sqlite_is_a_temporary_failure(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        with sqlite3.connect(tmp_path / "s.db") as other:
+            other.execute("DROP TABLE cursor")
+        results = await asyncio.gather(spool.set_cursor("imap:INBOX", "7:1"), spool.accept(submission(1)), return_exceptions=True)
+        assert isinstance(results[0], TemporaryFailure) and not isinstance(results[0], sqlite3.Error)
+        assert not isinstance(results[1], BaseException)  # its batch committed without it
+    finally:
+        await spool.close()
