@@ -228,3 +228,14 @@ async def test_a_write_that_fails_in_sqlite_is_a_temporary_failure(tmp_path: Pat
         assert not isinstance(results[1], BaseException)  # its batch committed without it
     finally:
         await spool.close()
+
+
+def test_max_total_bytes_must_leave_room_for_the_raw_messages_of_unpublished_events():
+    from pydantic import ValidationError
+
+    from intake.config import SpoolConfig
+
+    with pytest.raises(ValidationError, match="at least twice max_pending_bytes"):
+        SpoolConfig(max_total_bytes=600 * 1024 * 1024)  # the default max_pending_bytes is 512 MiB
+    config = SpoolConfig(max_total_bytes=64 * 1024 * 1024, max_pending_bytes=32 * 1024 * 1024)
+    assert Spool.from_config(config).max_total_bytes == 64 * 1024 * 1024
