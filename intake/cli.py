@@ -99,11 +99,7 @@ def _spool_status(args: argparse.Namespace) -> int:
         return 1
 
     async def read() -> dict[str, object]:
-        spool = Spool(
-            settings.spool.path,
-            max_pending_events=settings.spool.max_pending_events,
-            max_pending_bytes=settings.spool.max_pending_bytes,
-        )
+        spool = Spool.from_config(settings.spool)
         await spool.open()
         try:
             status = await spool.status()

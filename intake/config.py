@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from channels.email import EmailConfig
@@ -101,12 +101,35 @@ class SpoolConfig(_Section):
     path: Path = Field(Path(".local/intake/spool.sqlite3"), description="The spool's SQLite file; keep it on a persistent volume.")
     max_pending_events: int = Field(100_000, ge=1, description="Unpublished events allowed before channels push back (503/451).")
     max_pending_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Unpublished bytes allowed before channels push back.")
+    max_total_bytes: int = Field(
+        2048 * 1024 * 1024,
+        ge=32 * 1024 * 1024,
+        description="The most the spool takes on its disk, all told: raw messages, unpublished events, replies, "
+        "dead letters, SQLite's WAL (up to 5 MiB) and a 4 MiB reserve kept so that a full disk cannot stop publishing. "
+        "A smaller disk is a smaller bound. Near it, the oldest raw messages whose events are published and replies sent "
+        "are pruned early, even inside retention_hours; channels push back (503/451) only when nothing can give way. "
+        "Dead letters are never pruned (each is the only copy of its message): when they fill the spool, it refuses "
+        "complaints until they are replayed or removed. At least twice max_pending_bytes, since unpublished events "
+        "come with their raw messages.",
+    )
     retention_hours: float = Field(
-        168, gt=0, description="Raw messages are kept this long after publishing; redeliveries within it are recognised."
+        168,
+        gt=0,
+        description="Raw messages are kept this long after publishing; redeliveries within it are recognised. "
+        "Shorter when max_total_bytes or the disk runs out first.",
     )
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL survives power loss; NORMAL only a process crash (faster on slow disks)."
     )
+
+    @model_validator(mode="after")
+    def _room_for_raw_messages(self) -> SpoolConfig:
+        if self.max_total_bytes < 2 * self.max_pending_bytes:
+            raise ValueError(
+                f"max_total_bytes ({self.max_total_bytes}) must be at least twice max_pending_bytes ({self.max_pending_bytes}): "
+                "unpublished events come with their raw messages, which cannot be pruned before the events are published"
+            )
+        return self
 
 
 class AcknowledgementConfig(_Section):

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
@@ -47,35 +46,41 @@ async def _plain_server_header(request: web.Request, response: web.StreamRespons
 
 
 class Housekeeping:
-    """A component: forgets raw messages past retention, and tries the spool again while its writes fail."""
+    """A component: keeps the spool fit to take complaints (its reserve, its WAL, early pruning near its bound,
+    and a full disk noticed as soon as it has room again) and forgets raw messages past retention."""
 
     name = "housekeeping"
 
-    def __init__(self, spool: Spool, retention_seconds: float, *, interval: float = 3600.0, probe_interval: float = 2.0) -> None:
+    def __init__(self, spool: Spool, retention_seconds: float, *, interval: float = 3600.0, tick: float = 10.0) -> None:
         self._spool = spool
         self._retention = retention_seconds
         self._interval = interval
-        self._probe_interval = probe_interval
+        self._tick = tick
         self._stopping = asyncio.Event()
+        self.spool_error: str | None = None
 
     async def run(self) -> None:
         next_prune = 0.0
         while not self._stopping.is_set():
-            if self._spool.fault is not None:
-                # Nothing else may write for a while (readiness sends traffic elsewhere): a small write tells
-                # when the disk has room again, and clears the fault.
-                with contextlib.suppress(TemporaryFailure, sqlite3.Error):
-                    await self._spool.set_cursor("intake:probe", str(time.time()))
-            if time.monotonic() >= next_prune:
-                try:
+            try:
+                early = await self._spool.housekeep()
+                if time.monotonic() >= next_prune:
                     pruned = await self._spool.prune(time.time() - self._retention)
-                except (TemporaryFailure, sqlite3.Error) as error:
-                    log.warning("pruning deferred", extra={"event": "prune_deferred", "error": str(error)})
-                else:
                     next_prune = time.monotonic() + self._interval
                     if pruned:
                         log.info("pruned raw messages past retention", extra={"event": "pruned", "count": pruned})
-            await pause(self._stopping, self._probe_interval)
+            except TemporaryFailure as error:
+                # Reported by the spool's own fault in /readyz; tried again at the next tick.
+                self.spool_error = str(error)[:300]
+            else:
+                self.spool_error = None
+                if early:
+                    log.warning("raw messages pruned inside retention to make room", extra={"event": "pruned_early", "count": early})
+            # Faster while the spool is in trouble: readiness comes back as soon as the disk has room.
+            await pause(self._stopping, self._tick if self._spool.fault is None else min(self._tick, 1.0))
+
+    def health(self) -> str | None:
+        return None if self.spool_error is None else f"spool: {self.spool_error}"
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -93,12 +98,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.spool = Spool(
-            settings.spool.path,
-            max_pending_events=settings.spool.max_pending_events,
-            max_pending_bytes=settings.spool.max_pending_bytes,
-            synchronous=settings.spool.synchronous,
-        )
+        self.spool = Spool.from_config(settings.spool)
         kafka = settings.kafka
         self.publisher = Publisher(
             self.spool,
@@ -305,7 +305,7 @@ class Gateway:
         self._update_component_gauges(self.readiness()[0])
         self.metrics.spool_pending_events.set(self.spool.pending_events_count)
         self.metrics.spool_pending_bytes.set(self.spool.pending_bytes_count)
-        with contextlib.suppress(TemporaryFailure, sqlite3.Error):  # a scrape must not fail for a busy spool
+        with contextlib.suppress(TemporaryFailure):  # a scrape must not fail for a busy spool
             status = await self.spool.status()
             self.metrics.publish_lag.set(status.oldest_pending_age or 0.0)
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

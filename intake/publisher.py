@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -177,7 +176,7 @@ class Publisher:
                 self._spool.events_written.clear()
                 try:
                     batch = await self._spool.pending_events(after_seq=0, limit=self._settings.window)
-                except (TemporaryFailure, sqlite3.Error) as error:
+                except TemporaryFailure as error:
                     self._spool_failed(f"reading the outbox: {error}")
                     await self._back_off()
                     continue
@@ -228,7 +227,7 @@ class Publisher:
         """Forget what Kafka has acknowledged; on a spool failure keep the list and say so (retried by ``run``)."""
         try:
             await self._spool.mark_published(seqs)
-        except (TemporaryFailure, sqlite3.Error) as error:
+        except TemporaryFailure as error:
             self._unmarked = seqs
             self._spool_failed(f"recording published events: {error}")
             return False

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -72,7 +71,7 @@ class Replies:
                             return
                         busy = True
                         await self._deliver(sender, reply)
-            except (TemporaryFailure, sqlite3.Error) as error:
+            except TemporaryFailure as error:
                 # The spool cannot be read or written now: nothing was lost, the replies wait in it.
                 if self.spool_error is None:
                     log.error("the spool failed under the reply sender; retrying", extra={"event": "replies_spool_error", "error": str(error)})

@@ -5,12 +5,25 @@ commits whatever has queued up in one transaction (group commit): under load
 a single fsync covers hundreds of messages, and a caller is told "stored" only
 after the commit that holds its message has returned. Reads use their own
 connection, which WAL lets run beside the writer.
+
+Its size on disk is bounded by ``max_total_bytes`` and by what the disk has
+free, whichever is smaller. Near the bound, the oldest raw messages whose
+events are published and replies sent give way, even inside retention;
+acceptance is refused (SpoolFull) only when nothing can. Beside the file lies
+a reserve (``<path>-reserve``, 4 MiB): a disk that fills up under the spool
+(another tenant, a log) costs it that file, not the ability to publish: when
+a write finds the disk full, the reserve is deleted so that SQLite can finish
+its checkpoint and events can be marked published, and it is made again once
+the disk has room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -18,9 +31,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from intake.errors import SpoolFull, TemporaryFailure
+
+if TYPE_CHECKING:
+    from intake.config import SpoolConfig
+
+log = logging.getLogger("intake.spool")
+
+MiB = 1024 * 1024
+DEFAULT_MAX_TOTAL_BYTES = 2048 * MiB
+
+# What a row costs beyond its values (cell header, rowid, index entries), roughly. Only the
+# writes of the current batch are estimated with it; every batch starts from measured pages.
+_ROW_OVERHEAD = 64
+# SQLite's shared-memory file beside the WAL: 32 KiB per 4 096 WAL frames.
+_SHM_BYTES = 32 * 1024
 
 T = TypeVar("T")
 
@@ -131,35 +158,88 @@ class SpoolStatus:
     dead_letters: int
     capacity_events: int
     capacity_bytes: int
+    total_bytes: int = 0  # the spool on disk by its own count: used pages, the WAL, the reserve
+    capacity_total_bytes: int = 0
+    dead_letter_bytes: int = 0
+    oldest_message_age: float | None = None  # the retention actually kept, when the bound made it shorter
+    refusing: str | None = None  # why complaints are refused for want of room, if they are
+    fault: str | None = None
 
     @property
     def full(self) -> bool:
-        return self.pending_events >= self.capacity_events or self.pending_bytes >= self.capacity_bytes
+        return (
+            self.pending_events >= self.capacity_events
+            or self.pending_bytes >= self.capacity_bytes
+            or self.refusing is not None
+        )
 
 
-_Op = Callable[[sqlite3.Connection], Any]
+@dataclass(frozen=True)
+class _Usage:
+    """The spool's file as measured in the writer at the start of a batch."""
+
+    used: int  # bytes in pages that hold data
+    free_pages: int  # bytes in free pages inside the file, reused before it grows
+    growth: int  # bytes the file still grows by when the WAL is checkpointed into it
+    wal: int  # the WAL file's size
+    disk_free: int  # what the filesystem has left for an unprivileged writer
+
+
+@dataclass
+class _Job:
+    op: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    size: int = 0  # bytes it is expected to add; cuts batches, so that one commit stays bounded
+
+
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _describe(error: sqlite3.Error) -> str:
+    """What went wrong, in the words an operator searches for."""
+    name = getattr(error, "sqlite_errorname", "") or type(error).__name__
+    if name == "SQLITE_FULL":
+        return "disk full"
+    if name.startswith("SQLITE_IOERR"):
+        return f"disk I/O error ({name})"
+    if name.startswith("SQLITE_CORRUPT"):
+        return f"the spool file is corrupt ({name})"
+    return f"{name}: {error}"
+
+
+def _disk_is_full(error: sqlite3.Error) -> bool:
+    # SQLITE_FULL from a write or the checkpoint's growth; SHMSIZE when the shared-memory file cannot grow.
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
 
 
 class Spool:
-    """The gateway's durable store; see the module docstring for how writes are committed."""
+    """The gateway's durable store; see the module docstring for how writes are committed and bounded."""
 
-    fault: str | None = None  # placeholder until the spool reports its write failures
 
     def __init__(
         self,
         path: Path,
         *,
         max_pending_events: int = 100_000,
-        max_pending_bytes: int = 512 * 1024 * 1024,
+        max_pending_bytes: int = 512 * MiB,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
         synchronous: str = "FULL",
         batch_limit: int = 1000,
+        batch_bytes: int = 1 * MiB,
+        reserve_bytes: int = 4 * MiB,
     ) -> None:
         self.path = path
         self.max_pending_events = max_pending_events
         self.max_pending_bytes = max_pending_bytes
+        self.max_total_bytes = max_total_bytes
         self._synchronous = synchronous
         self._batch_limit = batch_limit
-        self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        # A batch stops taking jobs at about this many bytes: the WAL, and the file's growth
+        # between checkpoints, stay within what the reserve and the accounting allow for.
+        self._batch_bytes = batch_bytes
+        self._reserve_bytes = reserve_bytes
+        self._reserve_path = path.with_name(path.name + "-reserve")
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
@@ -169,6 +249,40 @@ class Spool:
         self._batch_wrote_events = False
         self.events_written = asyncio.Event()
         self.commits = 0
+        self.pruned_early = 0  # raw messages pruned inside retention to make room
+        # Set in the writer thread or a reader thread, read on the loop: assignments are atomic under the GIL.
+        self._write_fault: str | None = None
+        self._read_fault: str | None = None
+        self._disk_full: str | None = None  # set while the reserve is spent: only writes that drain are taken
+        self._refusing: str | None = None  # why the last complaint was refused for room; cleared by what frees
+        self._unsettled = False  # a failed batch's rollback or recount is still to be done
+        # Writer thread only.
+        self._page_size = 4096
+        self._wal_cap = 0
+        self._room: int | None = None  # bytes the current batch may still add; measured when first needed
+        self._room_bound = "max_total_bytes"  # what bounds it: max_total_bytes or the disk
+        self._checkpoint_due = False
+
+    @classmethod
+    def from_config(cls, config: SpoolConfig) -> Spool:
+        """The spool the ``[spool]`` section describes."""
+        return cls(
+            config.path,
+            max_pending_events=config.max_pending_events,
+            max_pending_bytes=config.max_pending_bytes,
+            max_total_bytes=config.max_total_bytes,
+            synchronous=config.synchronous,
+        )
+
+    @property
+    def fault(self) -> str | None:
+        """The spool's last failure, e.g. "disk full", or None while it works.
+
+        A failed commit sets it and the next successful commit clears it; a failed read
+        likewise until a read succeeds. A disk that filled up under the spool shows here
+        ("disk full: ...") until the spool has its reserve again, even while the writes that
+        drain it (marking events published, pruning) succeed."""
+        return self._write_fault or self._disk_full or self._read_fault
 
     # --- life -----------------------------------------------------------------
 
@@ -179,9 +293,13 @@ class Spool:
         self._writer = threading.Thread(target=self._write_loop, args=(ready,), name="spool-writer", daemon=True)
         self._writer.start()
         await ready
-        self._reader = self._connect()
-        with self._read_lock:
+        try:
+            self._reader = self._connect()
             self._recount(self._reader)
+        except sqlite3.Error as error:
+            self._read_fault = _describe(error)
+            await self.close()
+            raise TemporaryFailure(f"cannot open the spool: {self._read_fault}") from error
         if self._pending_events:
             self.events_written.set()
 
@@ -196,85 +314,223 @@ class Spool:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # the first statement to touch the disk: fails there when full
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            # Debian builds SQLite with secure_delete on: every freed page is zeroed through the WAL,
+            # so deleting a 90 kB message writes 90 kB, and deleting needs free disk. FAST zeroes
+            # what it can in place; freed overflow pages keep their bytes until they are reused,
+            # which in a spool that keeps filling is soon.
+            conn.execute("PRAGMA secure_delete=FAST")
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            conn.executescript(_SCHEMA)
+            self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            autocheckpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            # The WAL is checkpointed at `autocheckpoint` pages, after the commit that crossed it.
+            self._wal_cap = autocheckpoint * self._page_size + self._batch_bytes
+            # Kept at that size, not truncated to nothing: its pages are where the next
+            # transactions go without asking the disk for more.
+            conn.execute(f"PRAGMA journal_size_limit={self._wal_cap}")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    # --- the reserve ----------------------------------------------------------
+
+    def _keep_reserve(self) -> bool:
+        """Have the reserve file at its size; False when the disk has no room for it."""
+        if self._reserve_bytes == 0:
+            return True
+        try:
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < self._reserve_bytes:
+                    os.posix_fallocate(fd, 0, self._reserve_bytes)  # blocks allocated, not a sparse file
+            finally:
+                os.close(fd)
+        except OSError as error:
+            self._reserve_path.unlink(missing_ok=True)  # a part of it would only take space
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                return False
+            # Not a full disk but a filesystem that will not have it: go on without, rather than
+            # refuse every complaint for want of a file.
+            log.warning(
+                "cannot make the spool's disk reserve; going on without one",
+                extra={"event": "spool_reserve_failed", "path": str(self._reserve_path), "error": str(error)},
+            )
+            self._reserve_bytes = 0
+        return True
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve's space back to the disk; False if there was none to give."""
+        try:
+            self._reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     # --- the writer -----------------------------------------------------------
 
     def _write_loop(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None
+        has_reserve = self._keep_reserve()
         try:
-            conn = self._connect()
-            conn.executescript(_SCHEMA)
+            try:
+                conn = self._open_writer()
+            except sqlite3.Error as error:
+                # On a full disk SQLite cannot even make its shared-memory file: the reserve is for this.
+                if not (_disk_is_full(error) and self._release_reserve()):
+                    raise
+                has_reserve = False
+                conn = self._open_writer()
         except sqlite3.Error as error:
-            self._loop.call_soon_threadsafe(ready.set_exception, TemporaryFailure(f"cannot open the spool: {error}"))
+            self._write_fault = _describe(error)
+            self._loop.call_soon_threadsafe(ready.set_exception, TemporaryFailure(f"cannot open the spool: {self._write_fault}"))
             return
+        if not has_reserve:
+            self._disk_full = "disk full: the spool has no reserve left; it publishes but refuses complaints until the disk has room"
         self._loop.call_soon_threadsafe(ready.set_result, None)
         running = True
         while running:
-            item = self._queue.get()
-            if item is None:
+            job = self._queue.get()
+            if job is None:
                 break
-            batch = [item]
-            while len(batch) < self._batch_limit:
+            batch = [job]
+            size = job.size
+            while len(batch) < self._batch_limit and size < self._batch_bytes:
                 try:
-                    item = self._queue.get_nowait()
+                    job = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if job is None:
                     running = False
                     break
-                batch.append(item)
+                batch.append(job)
+                size += job.size
             self._loop.call_soon_threadsafe(self._settle, self._commit(conn, batch))
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    def _settle_connection(self, conn: sqlite3.Connection) -> None:
+        """After a failed batch: end its transaction and recount. If that fails too (the disk is
+        gone), the writer lives on and the next batch tries again before it begins."""
         try:
-            try:
-                outcomes = self._run_batch(conn, batch, isolated=False)
-            except Exception:  # some op failed: redo the batch with each op in its own savepoint
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._recount(conn)
-                outcomes = self._run_batch(conn, batch, isolated=True)
-            self.commits += 1
-        except sqlite3.Error as error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._recount(conn)
-            failure = TemporaryFailure(f"spool write failed: {error}")
-            return [(future, None, failure) for _, future in batch]
+        except sqlite3.Error as error:
+            self._write_fault = _describe(error)
+        else:
+            self._unsettled = False
+
+    def _before_batch(self, conn: sqlite3.Connection) -> None:
+        """Outside any transaction: make the reserve again once there is room, checkpoint if due."""
+        if self._unsettled:
+            self._settle_connection(conn)
+        if self._disk_full is not None:
+            usage = self._usage(conn)
+            margin = usage.growth + max(0, self._wal_cap - usage.wal) + self._batch_bytes
+            if usage.disk_free >= self._reserve_bytes + margin and self._keep_reserve():
+                self._disk_full = None
+                log.info("the disk has room again; the spool has its reserve back", extra={"event": "spool_disk_room"})
+        if self._checkpoint_due:
+            self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as error:
+            if _disk_is_full(error):
+                self._on_disk_full(conn)
+            else:
+                self._write_fault = _describe(error)
+            return
+        self._checkpoint_due = bool(busy) or done < frames  # a reader held it back: try again next batch
+
+    def _on_disk_full(self, conn: sqlite3.Connection) -> None:
+        """A write found the disk full: spend the reserve so that the WAL can be checkpointed
+        (the file grows by the pages only the WAL holds) and what drains the spool can commit."""
+        self._disk_full = "disk full: the spool has spent its reserve; it publishes but refuses complaints until the disk has room"
+        if not self._release_reserve():
+            return
+        log.warning(
+            "the disk is full; the spool released its reserve so that publishing goes on",
+            extra={"event": "spool_disk_full", "path": str(self.path)},
+        )
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as error:  # the reserve was not enough; the drain's own retry will tell
+            self._write_fault = _describe(error)
+            self._checkpoint_due = True
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> list[_Outcome]:
+        self._before_batch(conn)
+        try:
+            try:
+                outcomes = self._run_batch(conn, batch, isolated=False)
+            except Exception as error:  # some op failed: redo the batch with each op in its own savepoint
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._recount(conn)
+                if isinstance(error, sqlite3.Error) and _disk_is_full(error):
+                    self._on_disk_full(conn)  # from here on, complaints in the batch are refused
+                outcomes = self._run_batch(conn, batch, isolated=True)
+            self.commits += 1
+            self._write_fault = None
+        except sqlite3.Error as error:
+            self._write_fault = _describe(error)
+            if _disk_is_full(error) and self._disk_full is None:
+                self._disk_full = "disk full: the spool refuses complaints until the disk has room"
+            self._unsettled = True
+            self._settle_connection(conn)
+            failure = TemporaryFailure(f"spool write failed: {self._write_fault}")
+            if not _disk_is_full(error):
+                return [(job.future, None, failure) for job in batch]
+            # A complaint refused for a full disk is a full spool to its sender; a drain just failed.
+            refusal = SpoolFull(f"spool write failed: {self._write_fault}")
+            return [(job.future, None, refusal if job.size else failure) for job in batch]
         if self._batch_wrote_events:
             self._batch_wrote_events = False
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self.events_written.set)
         return outcomes
 
-    @staticmethod
-    def _run_batch(
-        conn: sqlite3.Connection, batch: list[tuple[_Op, asyncio.Future[Any]]], *, isolated: bool
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job], *, isolated: bool) -> list[_Outcome]:
         """Run every op in one transaction and commit. Not isolated, the first failing op raises
         (the fast path: savepoints cost two statements per op); isolated, each op runs in a
         savepoint, so one bad message fails alone and the rest of its batch commits."""
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         conn.execute("BEGIN IMMEDIATE")
-        for op, future in batch:
+        self._room = None
+        for job in batch:
             if not isolated:
-                outcomes.append((future, op(conn), None))
+                try:
+                    outcomes.append((job.future, job.op(conn), None))
+                except SpoolFull as refusal:  # raised before the op wrote anything of its own: only its caller is refused
+                    outcomes.append((job.future, None, refusal))
                 continue
+            room = self._room
             conn.execute("SAVEPOINT op")
             try:
-                result = op(conn)
+                result = job.op(conn)
             except Exception as error:  # the failure is this op's caller's to handle
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-                outcomes.append((future, None, error))
+                self._room = room  # what the op pruned was rolled back with it
+                if isinstance(error, sqlite3.Error):  # callers handle one type; the batch itself is fine
+                    error = TemporaryFailure(f"spool write failed: {_describe(error)}")
+                outcomes.append((job.future, None, error))
             else:
                 conn.execute("RELEASE op")
-                outcomes.append((future, result, None))
+                outcomes.append((job.future, result, None))
         conn.execute("COMMIT")
         return outcomes
 
@@ -283,7 +539,7 @@ class Spool:
         self._pending_events, self._pending_bytes = count, size
 
     @staticmethod
-    def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    def _settle(outcomes: list[_Outcome]) -> None:
         for future, result, error in outcomes:
             if future.done():  # the caller went away (cancelled); the write stands
                 continue
@@ -292,22 +548,131 @@ class Spool:
             else:
                 future.set_result(result)
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], *, size: int = 0) -> T:
+        """Queue an op for the writer. ``size`` is what it may add; ops with a size are the ones
+        refused while the disk is full, the others (those that drain the spool) go on."""
         if self._writer is None or self._loop is None:
             raise TemporaryFailure("the spool is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((op, future))
+        self._queue.put(_Job(op, future, size))
         # Shielded: a caller that gives up must not undo a write that may already be committed.
         return await asyncio.shield(future)
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a query on the reader connection in a thread; a failure is a TemporaryFailure and the fault."""
+
         def run() -> T:
-            if self._reader is None:
-                raise TemporaryFailure("the spool is not open")
             with self._read_lock:
-                return query(self._reader)
+                if self._reader is None:
+                    raise TemporaryFailure("the spool is not open")
+                try:
+                    result = query(self._reader)
+                except sqlite3.Error as error:
+                    self._read_fault = _describe(error)
+                    raise TemporaryFailure(f"spool read failed: {self._read_fault}") from error
+            self._read_fault = None
+            return result
 
         return await asyncio.to_thread(run)
+
+    # --- room on disk ---------------------------------------------------------
+
+    def _usage(self, conn: sqlite3.Connection) -> _Usage:
+        page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+        free_count = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        try:
+            wal = os.stat(self.path.with_name(self.path.name + "-wal")).st_size
+        except FileNotFoundError:
+            wal = 0
+        disk = os.statvfs(self.path.parent)
+        return _Usage(
+            used=(page_count - free_count) * self._page_size,
+            free_pages=free_count * self._page_size,
+            growth=max(0, page_count * self._page_size - os.stat(self.path).st_size),
+            wal=wal,
+            disk_free=disk.f_bavail * disk.f_frsize,
+        )
+
+    def _total(self, usage: _Usage) -> int:
+        """The spool on disk by its own count. The WAL counts at the size it grows to, whatever it is now."""
+        return usage.used + max(usage.wal, self._wal_cap) + _SHM_BYTES + self._reserve_bytes
+
+    def _room_in(self, usage: _Usage) -> tuple[int, str]:
+        """Bytes the spool may still add, and what bounds them: max_total_bytes or the disk."""
+        by_bound = self.max_total_bytes - self._total(usage)
+        # New pages go into free pages first, then grow the file, which the disk must hold beside the
+        # WAL growing to its size; one batch's worth is kept back for what the estimates miss.
+        by_disk = (
+            usage.free_pages
+            + usage.disk_free
+            - usage.growth
+            - max(0, self._wal_cap - usage.wal)
+            - self._batch_bytes
+        )
+        # A growing file is checkpointed before its growth outgrows the reserve, which must be able
+        # to cover it should the disk fill up under the spool.
+        self._checkpoint_due = self._checkpoint_due or (self._reserve_bytes > 0 and usage.growth > self._reserve_bytes // 2)
+        return (by_bound, "max_total_bytes") if by_bound <= by_disk else (by_disk, "the disk")
+
+    def _make_room(self, conn: sqlite3.Connection, need: int) -> None:
+        """In the writer, before a complaint is written: find ``need`` bytes, pruning early if it must.
+
+        Raises SpoolFull when nothing can give way. What was pruned stays pruned, which is why the
+        fast path may go on after the refusal."""
+        if self._disk_full is not None:
+            raise SpoolFull(self._disk_full)
+        if self._room is None:
+            self._room, self._room_bound = self._room_in(self._usage(conn))
+        if need <= self._room:
+            self._room -= need
+            self._refusing = None
+            return
+        if self._refusing is None:  # while refusing, nothing became prunable: do not search again
+            self._room += self._prune_oldest(conn, need - self._room + self._batch_bytes)
+            if need <= self._room:
+                self._room -= need
+                return
+            self._refusing = self._why_full(conn, self._room_bound)
+        raise SpoolFull(self._refusing)
+
+    def _prune_oldest(self, conn: sqlite3.Connection, target: int) -> int:
+        """Delete the oldest raw messages that are done with (events published, replies sent, not a
+        dead letter) until about ``target`` bytes are free; return the bytes freed."""
+        freed = 0
+        while freed < target:
+            rows = conn.execute(
+                "SELECT key, length(raw) + length(context) + length(answer) + 2 * length(key) + length(reference)"
+                " + length(raw_digest) + length(channel) FROM message"
+                " WHERE state = 'accepted'"
+                " AND key NOT IN (SELECT message_key FROM outbox WHERE message_key IS NOT NULL)"
+                " AND key NOT IN (SELECT message_key FROM reply)"
+                " ORDER BY received_at LIMIT 256"
+            ).fetchall()
+            if not rows:
+                break
+            keys = []
+            for key, size in rows:
+                keys.append(key)
+                freed += size + _ROW_OVERHEAD
+                if freed >= target:
+                    break
+            conn.execute(f"DELETE FROM message WHERE key IN ({','.join('?' * len(keys))})", keys)
+            self.pruned_early += len(keys)
+        return freed
+
+    def _why_full(self, conn: sqlite3.Connection, bound: str) -> str:
+        dead, dead_bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(length(raw)), 0) FROM message WHERE state = 'dead_letter'"
+        ).fetchone()
+        if dead_bytes * 2 >= self._usage(conn).used:
+            return (
+                f"the spool is full ({bound}): {dead} dead letters take {dead_bytes // MiB} MiB;"
+                " they are never pruned, replay or remove them"
+            )
+        return (
+            f"the spool is full ({bound}): what it holds waits for Kafka ({self._pending_events} events unpublished)"
+            " or for replies to be sent, and nothing can be pruned"
+        )
 
     # --- messages -------------------------------------------------------------
 
@@ -315,11 +680,33 @@ class Spool:
         if self._pending_events >= self.max_pending_events or self._pending_bytes >= self.max_pending_bytes:
             raise SpoolFull("the spool is full; Kafka is not keeping up")
 
+    def _reserve_pending(self, events: list[Event]) -> None:
+        """In the writer, before the op writes: refuse what would take the outbox past its limits.
+
+        The counters already include what earlier ops of the same batch inserted, so checking and
+        counting are one step and concurrent submissions cannot overshoot. Raises SpoolFull before
+        anything is written, which lets the batch go on without this op. An empty outbox takes any
+        one submission, however large, or it could never be taken at all."""
+        if not events or self._pending_events == 0:
+            return
+        size = sum(len(e.value) for e in events)
+        if self._pending_events + len(events) > self.max_pending_events or self._pending_bytes + size > self.max_pending_bytes:
+            raise SpoolFull("the spool is full; Kafka is not keeping up")
+
     async def accept(self, submission: Submission) -> Receipt:
-        """Store a received message and everything it causes, once; a redelivery returns the first answer."""
-        self._check_capacity()
+        """Store a received message and everything it causes, once; a redelivery returns the first answer.
+
+        Raises SpoolFull when the outbox is at its limits or the spool has no room left that
+        pruning can make (decided in the writer, so that concurrent submissions cannot overshoot),
+        TemporaryFailure when the write fails."""
+        self._check_capacity()  # the cheap early answer while full; the binding check is in the op
 
         def op(conn: sqlite3.Connection) -> Receipt:
+            self._reserve_pending(submission.events)
+            context = json.dumps(submission.context)
+            answer = json.dumps(submission.answer)
+            payloads = [json.dumps(reply.payload) for reply in submission.replies]
+            self._make_room(conn, _estimate(submission, context, answer, payloads))
             inserted = conn.execute(
                 "INSERT INTO message (key, channel, reference, received_at, raw, raw_digest, context, answer, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
@@ -330,8 +717,8 @@ class Spool:
                     submission.received_at,
                     submission.raw,
                     submission.raw_digest,
-                    json.dumps(submission.context),
-                    json.dumps(submission.answer),
+                    context,
+                    answer,
                     "dead_letter" if submission.dead_letter else "accepted",
                 ),
             ).rowcount
@@ -340,17 +727,18 @@ class Spool:
                 if submission.cursor is not None:
                     self._set_cursor(conn, *submission.cursor)
                 return Receipt(duplicate=True, same_content=row[0] == submission.raw_digest, answer=json.loads(row[1]))
-            for reply in submission.replies:
+            for reply, payload in zip(submission.replies, payloads, strict=True):
                 conn.execute(
                     "INSERT INTO reply (message_key, channel, payload, not_before) VALUES (?, ?, ?, ?)",
-                    (submission.key, reply.channel, json.dumps(reply.payload), 0.0),
+                    (submission.key, reply.channel, payload, 0.0),
                 )
             if submission.cursor is not None:
                 self._set_cursor(conn, *submission.cursor)
             self._insert_events(conn, submission.key, submission.events)  # last: it counts what cannot roll back
             return Receipt(duplicate=False, same_content=True, answer=submission.answer)
 
-        return await self._write(op)
+        # Never 0: a size marks the op as one that adds, refused while the disk is full.
+        return await self._write(op, size=len(submission.raw) + sum(len(e.value) for e in submission.events) or 1)
 
     def _insert_events(self, conn: sqlite3.Connection, message_key: str | None, events: list[Event]) -> None:
         now = time.time()
@@ -425,6 +813,9 @@ class Spool:
         return await self._read(query)
 
     async def mark_published(self, seqs: list[int]) -> None:
+        """Forget events Kafka has. Goes on when the disk is full (the reserve is for this); raises
+        TemporaryFailure when even that fails, and the events stay pending for a retry."""
+
         def op(conn: sqlite3.Connection) -> None:
             placeholders = ",".join("?" * len(seqs))
             size = conn.execute(
@@ -433,6 +824,7 @@ class Spool:
             conn.execute(f"DELETE FROM outbox WHERE seq IN ({placeholders})", seqs)
             self._pending_events -= size[0]
             self._pending_bytes -= size[1]
+            self._refusing = None  # their raw messages may now give way
 
         if seqs:
             await self._write(op)
@@ -460,6 +852,7 @@ class Spool:
             row = conn.execute("SELECT message_key FROM reply WHERE id = ?", (reply_id,)).fetchone()
             conn.execute("DELETE FROM reply WHERE id = ?", (reply_id,))
             self._insert_events(conn, row[0] if row else None, events)
+            self._refusing = None
 
         await self._write(op)
 
@@ -469,6 +862,7 @@ class Spool:
         def op(conn: sqlite3.Connection) -> None:
             if retry_at is None:
                 conn.execute("DELETE FROM reply WHERE id = ?", (reply_id,))
+                self._refusing = None
             else:
                 conn.execute(
                     "UPDATE reply SET attempts = attempts + 1, not_before = ?, last_error = ? WHERE id = ?",
@@ -489,7 +883,29 @@ class Spool:
                 " AND key NOT IN (SELECT message_key FROM reply)",
                 (older_than,),
             )
+            if cursor.rowcount:
+                self._refusing = None
             return cursor.rowcount
+
+        return await self._write(op)
+
+    async def housekeep(self) -> int:
+        """Keep the spool fit to take complaints; to be called every 10 seconds or so.
+
+        It makes the reserve again once a full disk has room (which clears a "disk full"
+        fault even when no complaint arrives to try), checkpoints a growing WAL, and prunes the
+        oldest finished raw messages ahead of need when the room left is under two batches'
+        worth, so that accepting seldom has to. Returns how many raw messages it pruned inside
+        retention. Cheap when there is nothing to do: a few PRAGMAs and an empty commit."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            self._refusing = None
+            room, _ = self._room_in(self._usage(conn))
+            low = 2 * self._batch_bytes
+            before = self.pruned_early
+            if room < low and self._disk_full is None:
+                self._prune_oldest(conn, low - room)
+            return self.pruned_early - before
 
         return await self._write(op)
 
@@ -502,6 +918,10 @@ class Spool:
         return self._pending_bytes
 
     def is_full(self) -> bool:
+        """Whether complaints are refused now: the outbox at its limits, no room that pruning could
+        make, or a full disk. The last two are learnt from writes, and forgotten by what frees room."""
+        if self._refusing is not None or self._disk_full is not None:
+            return True
         try:
             self._check_capacity()
         except SpoolFull:
@@ -515,6 +935,8 @@ class Spool:
             events, size = conn.execute("SELECT count(*), coalesce(sum(length(value)), 0) FROM outbox").fetchone()
             oldest = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
             replies = conn.execute("SELECT count(*) FROM reply").fetchone()[0]
+            dead_bytes = conn.execute("SELECT coalesce(sum(length(raw)), 0) FROM message WHERE state = 'dead_letter'").fetchone()[0]
+            first = conn.execute("SELECT min(received_at) FROM message").fetchone()[0]
             return SpoolStatus(
                 messages=messages,
                 pending_events=events,
@@ -524,6 +946,26 @@ class Spool:
                 dead_letters=dead,
                 capacity_events=self.max_pending_events,
                 capacity_bytes=self.max_pending_bytes,
+                total_bytes=self._total(self._usage(conn)),
+                capacity_total_bytes=self.max_total_bytes,
+                dead_letter_bytes=dead_bytes,
+                oldest_message_age=None if first is None else max(0.0, time.time() - first),
+                refusing=self._refusing or self._disk_full,
+                fault=self.fault,
             )
 
         return await self._read(query)
+
+
+def _estimate(submission: Submission, context: str, answer: str, payloads: list[str]) -> int:
+    """Bytes a submission adds to the file, roughly; see _ROW_OVERHEAD."""
+    size = (
+        len(submission.raw) + len(context) + len(answer) + 2 * len(submission.key) + len(submission.reference)
+        + len(submission.raw_digest) + len(submission.channel) + _ROW_OVERHEAD
+    )
+    for event in submission.events:
+        headers = sum(len(name) + len(value) + 8 for name, value in event.headers)
+        size += len(event.topic) + len(event.key) + len(event.value) + headers + len(submission.key) + _ROW_OVERHEAD
+    for reply, payload in zip(submission.replies, payloads, strict=True):
+        size += len(payload) + len(reply.channel) + len(submission.key) + _ROW_OVERHEAD
+    return size

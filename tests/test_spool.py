@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from intake.errors import SpoolFull
+from intake.errors import SpoolFull, TemporaryFailure
 from intake.spool import Event, Reply, Spool, Submission
 
 
@@ -68,6 +69,27 @@ async def test_a_full_spool_pushes_back_and_recovers_when_drained(tmp_path: Path
     status = await spool.status()
     await spool.close()
     assert status.pending_events == 2 and status.messages == 4
+
+
+async def test_concurrent_accepts_never_overshoot_the_limit(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db", max_pending_events=50)
+    await spool.open()
+    results = await asyncio.gather(*(spool.accept(submission(n)) for n in range(150)), return_exceptions=True)
+    status = await spool.status()
+    await spool.close()
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, SpoolFull)]
+    assert len(accepted) == 50 and len(refused) == 100
+    assert status.messages == 50 and status.pending_events == 50
+
+
+async def test_the_byte_limit_holds_under_concurrency_too(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db", max_pending_bytes=10 * 40)  # room for the events of 40 submissions
+    await spool.open()
+    results = await asyncio.gather(*(spool.accept(submission(n)) for n in range(120)), return_exceptions=True)
+    await spool.close()
+    assert sum(not isinstance(r, BaseException) for r in results) == 40
+    assert sum(isinstance(r, SpoolFull) for r in results) == 80
 
 
 async def test_pending_counts_survive_a_restart(tmp_path: Path):
@@ -175,3 +197,45 @@ async def test_one_bad_message_fails_alone_and_its_batch_commits(tmp_path: Path)
     assert isinstance(results[13], TypeError)
     assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 13)
     assert status.messages == 29 and status.pending_events == 29
+
+
+async def test_a_failed_read_is_a_temporary_failure_and_shows_as_the_fault(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        await spool.accept(submission(1))
+        assert spool.fault is None
+        with sqlite3.connect(tmp_path / "s.db") as other:  # the table goes away under the spool
+            other.execute("DROP TABLE cursor")
+        with pytest.raises(TemporaryFailure) as failure:
+            await spool.cursor("imap:INBOX")
+        assert not isinstance(failure.value, sqlite3.Error)
+        assert spool.fault is not None and "cursor" in spool.fault
+        assert await spool.has_message("test:1")  # the next read that works clears it
+        assert spool.fault is None
+    finally:
+        await spool.close()
+
+
+async def test_a_write_that_fails_in_sqlite_is_a_temporary_failure(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        with sqlite3.connect(tmp_path / "s.db") as other:
+            other.execute("DROP TABLE cursor")
+        results = await asyncio.gather(spool.set_cursor("imap:INBOX", "7:1"), spool.accept(submission(1)), return_exceptions=True)
+        assert isinstance(results[0], TemporaryFailure) and not isinstance(results[0], sqlite3.Error)
+        assert not isinstance(results[1], BaseException)  # its batch committed without it
+    finally:
+        await spool.close()
+
+
+def test_max_total_bytes_must_leave_room_for_the_raw_messages_of_unpublished_events():
+    from pydantic import ValidationError
+
+    from intake.config import SpoolConfig
+
+    with pytest.raises(ValidationError, match="at least twice max_pending_bytes"):
+        SpoolConfig(max_total_bytes=600 * 1024 * 1024)  # the default max_pending_bytes is 512 MiB
+    config = SpoolConfig(max_total_bytes=64 * 1024 * 1024, max_pending_bytes=32 * 1024 * 1024)
+    assert Spool.from_config(config).max_total_bytes == 64 * 1024 * 1024
