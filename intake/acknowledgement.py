@@ -45,11 +45,14 @@ def compose(
     response_days: int = 5,
     organisation: str = "",
     follow_up: bool = False,
+    replyable: bool = True,
 ) -> Acknowledgement:
     """Compose the acknowledgement for ``reference`` in the best locale for ``locale``.
 
     ``locale`` may be anything :func:`intake.i18n.negotiate` accepts. ``follow_up``
     acknowledges a further message on an existing complaint instead of a new one.
+    ``replyable`` says whether a reply to the acknowledgement reaches us (email, SMS,
+    WhatsApp, Telegram); on a web page or a partner's screen the text does not invite one.
     ``response_days`` is the promise made to the customer, in working days.
     """
     reference = reference.strip()
@@ -59,7 +62,7 @@ def compose(
         raise ValueError("response_days must be at least 1")
 
     used = negotiate(locale)
-    template = _template(used, response_days, " ".join(organisation.split()), follow_up)
+    template = _template(used, response_days, " ".join(organisation.split()), follow_up, replyable)
     return Acknowledgement(
         locale=template.locale,
         direction=template.direction,
@@ -75,7 +78,7 @@ _SLOT = "\ue000"
 
 
 @functools.lru_cache(maxsize=512)
-def _template(used: str, response_days: int, organisation: str, follow_up: bool) -> Acknowledgement:
+def _template(used: str, response_days: int, organisation: str, follow_up: bool, replyable: bool) -> Acknowledgement:
     reference = _SLOT
     direction = text_direction(used)
     catalog = translations(used)
@@ -125,10 +128,13 @@ def _template(used: str, response_days: int, organisation: str, follow_up: bool)
         " {days} working days.",
         response_days,
     )
-    quote = _(
-        "Please quote {reference} whenever you contact us about this complaint;"
-        " simply replying to this message is enough."
-    )
+    if replyable:
+        quote = _(
+            "Please quote {reference} whenever you contact us about this complaint;"
+            " simply replying to this message is enough."
+        )
+    else:
+        quote = _("Please quote {reference} whenever you contact us about this complaint.")
 
     # One sentence per paragraph: joining sentences needs a locale's own spacing
     # rules (Chinese has none), and short paragraphs read well in mail and on a page.

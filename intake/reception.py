@@ -35,6 +35,9 @@ log = logging.getLogger("intake.reception")
 # none: the channel cannot or must not answer.
 # ``reply_via`` adds a later reply on another channel to any of these.
 AckMode = Literal["inline", "reply", "none"]
+# Channels on which a reply to our acknowledgement reaches us again; elsewhere (a web page, a partner's screen) the
+# acknowledgement must not invite one.
+_REPLYABLE = frozenset({"email", "sms", "mms", "whatsapp", "telegram"})
 ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
 
 
@@ -78,6 +81,7 @@ class Reception:
             response_days=self._ack.response_days,
             organisation=self._ack.organisation,
             follow_up=complaint.follows_up is not None,
+            replyable=complaint.channel in _REPLYABLE,
         )
 
     def acknowledged_event(self, *, complaint: Complaint | None = None, payload: dict[str, Any] | None = None, sent_at: dt.datetime, failed: str | None = None) -> Event:

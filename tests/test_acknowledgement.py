@@ -328,3 +328,29 @@ def test_gsm7_escape_pair_is_not_split_across_segments() -> None:
     # 152 septets then "€" (2): the pair cannot straddle the 153-septet boundary.
     assert gsm7_segments("a" * 152 + "€" + "a" * 152) == 3
     assert gsm7_segments("a" * 151 + "€" + "a" * 153) == 2
+
+
+# --- the channel decides whether a reply reaches us ------------------------------------------
+
+
+@pytest.mark.parametrize("locale", sorted(SUPPORTED))
+def test_only_a_replyable_channel_is_told_that_replying_is_enough(locale):
+    replyable = compose("C-7K3M-9QXA", locale, replyable=True)
+    not_replyable = compose("C-7K3M-9QXA", locale, replyable=False)
+    assert replyable.text != not_replyable.text
+    assert "C-7K3M-9QXA" in not_replyable.text.split("\n\n")[-1]
+    if locale != "en":  # translated, not fallen back to English
+        assert "whenever you contact us" not in not_replyable.text
+    assert replyable.short == not_replyable.short  # the short text never invites a reply
+
+
+async def test_a_partner_screen_is_not_told_to_reply_to_it(tmp_path, kafka, topic):
+    import aiohttp
+
+    from tests.support.gateway import complaint_body, post_complaint, running, settings
+
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (_, base), aiohttp.ClientSession() as http:
+        status, answer = await post_complaint(http, base, complaint_body(), "not-replyable")
+    assert status == 202
+    text = answer["acknowledgement"]["text"]  # in Polish, the complainant's locale
+    assert answer["reference"] in text and "Wystarczy odpowiedzieć" not in text
