@@ -46,6 +46,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from intake.attachments import AttachmentStore
 from intake.errors import Rejected, TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import translations
 from intake.problems import problem
 from intake.pause import pause
@@ -336,12 +337,12 @@ class TelegramChannel:
     async def receive_webhook(self, request: web.Request) -> web.Response:
         if not self._authentic(request):
             return problem(403, "Forbidden", f"{SECRET_HEADER} is missing or wrong")
-        limit = self._config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return problem(413, "Body too large", f"at most {limit} bytes")
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            return problem(413, "Body too large", f"at most {limit} bytes")
+        try:
+            raw = await read_body(request, self._config.max_body_bytes)
+        except BodyTooLarge as error:
+            return problem(413, "Body too large", str(error))
+        except BodyUnreadable:
+            return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
         try:
             update_id = json.loads(raw).get("update_id")
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):

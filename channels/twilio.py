@@ -42,6 +42,7 @@ from twilio.request_validator import SIGNATURE_HEADER, RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from intake.errors import Rejected, TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import SUPPORTED
 from intake.problems import problem
 from normalizer import twilio as normalize
@@ -263,19 +264,14 @@ class TwilioChannel:
 
     async def _signed_params(self, request: web.Request, endpoint: str) -> tuple[bytes, MultiDict[str], str] | web.Response:
         """(body, parameters, the auth token that signed them), or the refusal to answer with."""
-        limit = self._config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        try:
+            body = await read_body(request, self._config.max_body_bytes)
+        except BodyTooLarge as error:
             self._refused.labels(endpoint=endpoint, reason="size").inc()
-            return problem(413, "Body too large", f"at most {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(16 * 1024):
-            size += len(chunk)
-            if size > limit:
-                self._refused.labels(endpoint=endpoint, reason="size").inc()
-                return problem(413, "Body too large", f"at most {limit} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+            return problem(413, "Body too large", str(error))
+        except BodyUnreadable:
+            self._refused.labels(endpoint=endpoint, reason="malformed").inc()
+            return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
         if request.content_type != normalize.MEDIA_TYPE:
             self._refused.labels(endpoint=endpoint, reason="media_type").inc()
             return problem(415, "Unsupported media type", f"Twilio posts {normalize.MEDIA_TYPE}")

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from channels.email.reply import acknowledgement_payload
 from intake.acknowledgement import _number as localized_number
 from intake.errors import TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, declared_too_large, read_body
 from intake.i18n import SUPPORTED, language_name, negotiate, text_direction, translations
 from normalizer import web_form as normalize
 from normalizer.errors import FieldError, InvalidMessage
@@ -256,10 +257,6 @@ class Pages:
 # --- reading a submission ---------------------------------------------------------
 
 
-class _TooLarge(Exception):
-    """The request is bigger than any acceptable submission."""
-
-
 class _Unreadable(Exception):
     """Not a form submission: wrong media type, broken multipart."""
 
@@ -278,16 +275,18 @@ class _Submitted:
 
 
 async def _read_submission(request: web.Request, *, limit: int, max_file_bytes: int) -> _Submitted:
-    """The posted fields and files, read as a stream so that nothing larger than ``limit`` is ever held."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _TooLarge
+    """The posted fields and files, read as a stream so that nothing larger than ``limit`` is ever held.
+
+    Raises BodyTooLarge past ``limit``, _Unreadable for anything that is not a readable form submission.
+    """
+    if declared_too_large(request, limit):
+        raise BodyTooLarge(limit)
     submitted = _Submitted()
     if request.content_type == "application/x-www-form-urlencoded":
-        body = bytearray()
-        while chunk := await request.content.read(_CHUNK):
-            body += chunk
-            if len(body) > limit:
-                raise _TooLarge
+        try:
+            body = await read_body(request, limit)
+        except BodyUnreadable:
+            raise _Unreadable from None
         for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
             submitted.fields.setdefault(name, value[: _MAX_FIELD_BYTES])
         return submitted
@@ -309,7 +308,7 @@ async def _read_submission(request: web.Request, *, limit: int, max_file_bytes: 
                 size += len(chunk)
                 total += len(chunk)
                 if total > limit:
-                    raise _TooLarge
+                    raise BodyTooLarge(limit)
                 # Past the limit only the size is counted: the file will be refused, its first bytes name its type.
                 if len(kept) < keep:
                     kept += chunk[: keep - len(kept)]
@@ -403,7 +402,7 @@ class WebFormChannel:
             return self._refuse(locale, 403, "cross_origin")
         try:
             submitted = await _read_submission(request, limit=self.max_request_bytes, max_file_bytes=self.max_attachment_bytes)
-        except _TooLarge:
+        except BodyTooLarge:
             return self._refuse(locale, 413, "too_large", too_large=True)
         except _Unreadable:
             return self._refuse(locale, 400, "unreadable")

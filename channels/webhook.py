@@ -24,6 +24,7 @@ from aiohttp import web
 
 from intake.config import WebhookConfig
 from intake.errors import TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.problems import problem
 from intake.reception import Reception
 from normalizer import webhook as normalize
@@ -68,11 +69,12 @@ class WebhookChannel:
     async def receive(self, request: web.Request) -> web.Response:
         received_at = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)
         partner = request.match_info["partner"]
-        if request.content_length is not None and request.content_length > self._config.max_body_bytes:
-            return problem(413, "Body too large", f"at most {self._config.max_body_bytes} bytes")
-        body = await request.content.read(self._config.max_body_bytes + 1)
-        if len(body) > self._config.max_body_bytes:
-            return problem(413, "Body too large", f"at most {self._config.max_body_bytes} bytes")
+        try:
+            body = await read_body(request, self._config.max_body_bytes)
+        except BodyTooLarge as error:
+            return problem(413, "Body too large", str(error))
+        except BodyUnreadable:
+            return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
 
         refusal = self._authentic(
             partner, request.headers.get("Intake-Timestamp", ""), request.headers.get("Intake-Signature", ""), body

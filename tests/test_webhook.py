@@ -13,6 +13,7 @@ import pytest
 
 from normalizer.record import json_schema
 from tests.support.gateway import GatewayProcess, complaint_body, post_complaint, running, settings, signed_headers
+from tests.support.raw_http import post_in_two_segments
 from tests.support.topic import of_type, read_topic, wait_for
 
 SCHEMA = json_schema()
@@ -214,3 +215,15 @@ secrets = ["s3cret-for-tests-only-0123456789"]
     [received] = of_type(records, "received")
     assert received.key == answer["reference"]
     assert_no_duplicate_ce_id(records)
+
+
+async def test_a_body_that_arrives_in_two_segments_is_read_whole(tmp_path: Path, kafka, topic):
+    # A signature over the first segment alone would not match: the whole body has to be read before checking it.
+    body = complaint_body("Sent over a slow link, " + "in pieces. " * 200 + "The end.")
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (_gateway, base):
+        status, answer = await post_in_two_segments(f"{base}/webhook/acme", signed_headers(body, "split-1"), body)
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+    assert status == 202, answer
+    [received] = of_type(records, "received")
+    assert received.data["reference"] == json.loads(answer)["reference"]
+    assert received.data["text"].endswith("in pieces. The end.")
