@@ -66,6 +66,8 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ("message", "edited_message")
 _TOKEN = r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,}$"
 _SECRET = r"^[A-Za-z0-9_-]{1,256}$"  # what setWebhook accepts as secret_token
+# Telegram's update ids are positive and sequential; the bound keeps the cursor (update_id + 1) a 64-bit integer.
+_MAX_UPDATE_ID = 2**63 - 2
 
 
 class TelegramConfig(BaseModel):
@@ -288,8 +290,8 @@ class TelegramChannel:
                 return
             delay = self._config.retry_initial_seconds
             for update in updates:
-                update_id = update.get("update_id")
-                if not isinstance(update_id, int):
+                update_id = _update_id(update)
+                if update_id is None:
                     log.error("update without update_id skipped", extra={"event": "telegram_bad_update"})
                     continue
                 if offset is not None and update_id < offset:
@@ -344,10 +346,12 @@ class TelegramChannel:
         except BodyUnreadable:
             return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
         try:
-            update_id = json.loads(raw).get("update_id")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            update_id = _update_id(json.loads(raw))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # ValueError: not JSON (JSONDecodeError), or an integer past Python's 4300-digit limit; RecursionError:
+            # nesting deeper than the parser goes. Content, all of it: a 400, never a 500.
             update_id = None
-        if not isinstance(update_id, int):
+        if update_id is None:
             # Without an update_id it cannot have come from Telegram, and there is nothing to name it by.
             return problem(400, "Not a Telegram Update", "expected a JSON object with an integer update_id")
         try:
@@ -476,6 +480,15 @@ class TelegramChannel:
             raise TemporaryFailure("telegram rejected the bot token") from None
         except (NetworkError, TelegramError) as error:  # timeouts, 5xx, connection refused
             raise TemporaryFailure(f"telegram: {self._plain(error)}") from None
+
+
+def _update_id(update: object) -> int | None:
+    """The update_id of a decoded Update, or None when it has none that Telegram could have sent."""
+    update_id = update.get("update_id") if isinstance(update, dict) else None
+    # type(), not isinstance(): JSON true is a Python bool, which is an int.
+    if type(update_id) is not int or not 0 <= update_id <= _MAX_UPDATE_ID:
+        return None
+    return update_id
 
 
 def _seconds(error: RetryAfter) -> float:

@@ -68,7 +68,8 @@ _STATUSES = frozenset(
         "delivered", "undelivered", "failed", "read", "partially_delivered",
     }
 )
-_ERROR_CODE = re.compile(r"^\d{1,6}$")
+# [0-9], not \d: in a str pattern \d also matches Arabic-Indic and other digits, which Twilio never sends.
+_ERROR_CODE = re.compile(r"[0-9]{1,6}")
 
 
 class TwilioConfig(BaseModel):
@@ -353,7 +354,7 @@ class TwilioChannel:
 def _error_code(value: str) -> str:
     """Twilio's numeric error code, or "" (a label must not take arbitrary text)."""
     value = value.strip()
-    return value if _ERROR_CODE.match(value) else ""
+    return value if _ERROR_CODE.fullmatch(value) else ""
 
 
 def _basic(user: str, password: str) -> str:

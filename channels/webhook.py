@@ -31,6 +31,9 @@ from normalizer import webhook as normalize
 from normalizer.errors import InvalidMessage
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# ASCII digits only (str.isdigit also takes "²" and Arabic-Indic digits, which int() then fails on or reads), and few of
+# them: Unix seconds have 10 digits until the year 2286; a 400-digit number would overflow the float it is compared with.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -55,7 +58,7 @@ class WebhookChannel:
         config = self._config.partners.get(partner)
         if config is None:
             return "unknown partner or bad signature"
-        if not timestamp.isdigit():
+        if not _TIMESTAMP.fullmatch(timestamp):
             return "Intake-Timestamp must be Unix seconds"
         if abs(self._clock() - int(timestamp)) > self._config.replay_window_seconds:
             return "Intake-Timestamp is outside the replay window; check the sender's clock"

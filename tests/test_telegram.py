@@ -147,6 +147,28 @@ async def test_a_webhook_update_that_arrives_in_two_segments_is_read_whole(tmp_p
     assert received.data["text"] == update["message"]["text"]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"update_id": ' + b"9" * 5000 + b"}", id="5000-digit update_id"),
+        pytest.param(b'{"update_id": ' + b"9" * 400 + b', "message": {}}', id="400-digit update_id"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nested too deep"),
+        pytest.param(b'{"update_id": true, "message": {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, "text": "x"}}', id="true"),
+        pytest.param(b'{"update_id": -1}', id="negative"),
+        pytest.param(b'{"update_id": 1e3}', id="a float"),
+        pytest.param(b'{"update_id": "800000"}', id="a string"),
+        pytest.param(b'\xff\xfe{"update_id": 1}', id="not UTF-8"),
+    ],
+)
+async def test_a_webhook_body_without_a_plain_update_id_is_refused_400(tmp_path: Path, kafka, topic, body: bytes):
+    headers = {"Content-Type": "application/json", SECRET_HEADER: SECRET}
+    async with TelegramApi() as api, running(telegram_settings(tmp_path, kafka, topic, api, mode="webhook")) as (gateway, base):
+        async with aiohttp.ClientSession() as http, http.post(f"{base}/telegram/webhook", data=body, headers=headers) as response:
+            assert response.status == 400
+            assert response.content_type == "application/problem+json"
+        assert (await gateway.spool.status()).messages == 0
+
+
 async def test_webhook_answers_503_when_the_update_cannot_be_stored(tmp_path: Path, kafka, topic):
     # Kafka out of reach and room for one event: the second update finds the spool full.
     unreachable = f"127.0.0.1:{free_port()}"

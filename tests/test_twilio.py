@@ -398,6 +398,16 @@ async def test_delivery_reports_are_counted_and_never_taken_for_complaints(tmp_p
     assert received.data["text"] == "Sent to the wrong URL."
 
 
+async def test_a_delivery_report_error_code_becomes_a_label_only_when_it_is_ascii_digits(tmp_path: Path, kafka, topic):
+    # A metric label must not take what a sender writes: "\u0663\u0660\u0660\u0660\u0663" matches \\d, but is no Twilio code.
+    codes = ["30003", "\u0663\u0660\u0660\u0660\u0663", "3" * 7, "30 03"]
+    async with running(twilio_settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        statuses = [(await post(http, base, delivery_report("undelivered", error_code=code), path="/twilio/status"))[0] for code in codes]
+        assert statuses == [200] * len(codes)
+        assert metric(gateway, "intake_twilio_delivery_reports_total", status="undelivered", error_code="30003") == 1
+        assert metric(gateway, "intake_twilio_delivery_reports_total", status="undelivered", error_code="") == 3
+
+
 # One complaint per supported locale, in that language, from a number of another country:
 # the text decides. Adding a locale without a sample here fails the test below.
 SAMPLES = {

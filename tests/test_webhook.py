@@ -11,8 +11,9 @@ import aiohttp
 import jsonschema
 import pytest
 
+from channels.webhook import signature
 from normalizer.record import json_schema
-from tests.support.gateway import GatewayProcess, complaint_body, post_complaint, running, settings, signed_headers
+from tests.support.gateway import SECRET, GatewayProcess, complaint_body, post_complaint, running, settings, signed_headers
 from tests.support.raw_http import post_in_two_segments
 from tests.support.topic import of_type, read_topic, wait_for
 
@@ -111,6 +112,33 @@ async def test_bad_requests_are_refused_and_nothing_is_published(tmp_path: Path,
         spool = await gateway.spool.status()
         assert spool.messages == 0
     assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
+
+
+def _arabic_indic(number: int) -> str:
+    return "".join(chr(0x0660 + int(digit)) for digit in str(number))
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        pytest.param(lambda: "179617315\u00b2", id="superscript two"),
+        pytest.param(lambda: "9" * 400, id="400 digits"),
+        pytest.param(lambda: "9" * 5000, id="5000 nines"),
+        pytest.param(lambda: _arabic_indic(int(time.time())), id="the current time in Arabic-Indic digits"),
+        pytest.param(lambda: "1_" + str(int(time.time()))[1:], id="digits with an underscore"),
+        pytest.param(lambda: "", id="empty"),
+    ],
+)
+async def test_a_timestamp_that_is_not_ascii_unix_seconds_is_refused_401_even_when_signed(tmp_path: Path, kafka, topic, stamp):
+    body = complaint_body()
+    timestamp = stamp()
+    headers = {**signed_headers(body, "odd-stamp"), "Intake-Timestamp": timestamp}
+    headers["Intake-Signature"] = signature(SECRET, timestamp, body)
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/webhook/acme", data=body, headers=headers) as response:
+            assert response.status == 401
+            assert response.content_type == "application/problem+json"
+        assert (await gateway.spool.status()).messages == 0
 
 
 async def test_complaints_taken_while_kafka_is_down_are_published_once_it_returns(tmp_path: Path, kafka, topic):
