@@ -7,6 +7,10 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
 _CHUNK = 64 * 1024
+# What aiohttp sets on a request's stream when the body cannot be had: a body that does not decompress
+# (RequestPayloadError), broken framing (BadHttpMessage), a client that closed before the end (ConnectionResetError).
+# All are the sender's doing; a reader of the stream (read_body, a multipart reader) turns them into a 400.
+STREAM_ERRORS: tuple[type[Exception], ...] = (RequestPayloadError, BadHttpMessage, ConnectionResetError)
 
 
 class BodyTooLarge(Exception):
@@ -43,8 +47,6 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             body += chunk
             if len(body) > limit:
                 raise BodyTooLarge(limit)
-    except (RequestPayloadError, BadHttpMessage, ConnectionResetError) as error:
-        # What aiohttp sets on the stream: a body that does not decompress (RequestPayloadError), broken framing
-        # (BadHttpMessage), a client that closed before the end (ConnectionResetError). The sender's fault, not a 500.
+    except STREAM_ERRORS as error:
         raise BodyUnreadable(type(error).__name__) from None
     return bytes(body)

@@ -412,6 +412,78 @@ async def test_attachments_and_requests_are_bounded_in_number_size_and_type(tmp_
     assert [a["content_type"] for a in with_receipt["attachments"]] == ["application/pdf"]
 
 
+BOUNDARY = "----intakeFormBoundary7MA4YWxkTrZu0gW"
+
+
+def form_part(head: bytes, data: bytes = b"") -> bytes:
+    return b"--" + BOUNDARY.encode() + b"\r\n" + head + b"\r\n\r\n" + data + b"\r\n"
+
+
+def text_parts(fields: dict[str, str]) -> bytes:
+    return b"".join(form_part(f'Content-Disposition: form-data; name="{name}"'.encode(), value.encode()) for name, value in fields.items())
+
+
+FILE_HEAD = b'Content-Disposition: form-data; name="attachments"; filename="photo.png"\r\nContent-Type: image/png'
+END = b"--" + BOUNDARY.encode() + b"--\r\n"
+# What comes after the hidden fields and the typed text: each breaks the multipart in its own way.
+BROKEN = {
+    "a NUL in the file name": form_part(b'Content-Disposition: form-data; name="attachments"; filename="photo\x00.png"', png()) + END,
+    "a NUL in a part header": form_part(FILE_HEAD + b"\r\nX-Note: a\x00b", png()) + END,
+    "a part header without a colon": form_part(FILE_HEAD + b"\r\nnot a header", png()) + END,
+    "a part header line of 10 000 bytes": form_part(FILE_HEAD + b"\r\nX-Note: " + b"a" * 10_000, png()) + END,
+    "200 part headers": form_part(FILE_HEAD + b"".join(b"\r\nX-Note-%d: a" % n for n in range(200)), png()) + END,
+    "a Content-Disposition that does not parse": form_part(b'Content-Disposition: ;;;=="', png()) + END,
+    "a part that is not form-data": form_part(b'Content-Disposition: attachment; filename="photo.png"', png()) + END,
+    "a file name in a charset that does not exist": form_part(
+        b"Content-Disposition: form-data; name=\"attachments\"; filename*=no-such-charset''photo%FF.png", png()
+    ) + END,
+    "a nested multipart": form_part(
+        b'Content-Disposition: form-data; name="attachments"\r\nContent-Type: multipart/mixed; boundary=inner', b"--inner--"
+    ) + END,
+    "the body cut off inside the file": form_part(FILE_HEAD, png())[:-20],
+    "no closing boundary": form_part(FILE_HEAD, png()),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+async def test_a_malformed_multipart_gets_the_form_back_with_what_was_typed(tmp_path: Path, kafka, topic, broken: str):
+    typed = valid_fields(description="Typed before the file, and kept.")
+    async with running(form_settings(tmp_path, kafka, topic)) as (gateway, base), FormClient(base) as client:
+        await client.open()
+        body = text_parts({**client.hidden(), **typed}) + BROKEN[broken]
+        response, page = await client.send_raw(f"multipart/form-data; boundary={BOUNDARY}", body)
+        assert response.status == 400, page.html[:2000]
+        assert page.value("description") == "Typed before the file, and kept."
+        assert page.value("email") == typed["email"] and page.value("submission_id") == client.hidden()["submission_id"]
+        assert "Please attach your files again" in page.by_id("attachments-hint").text
+        assert (await gateway.spool.status()).messages == 0
+
+
+async def test_a_multipart_that_cannot_be_read_at_all_is_refused_400(tmp_path: Path, kafka, topic):
+    async with running(form_settings(tmp_path, kafka, topic)) as (gateway, base), FormClient(base) as client:
+        await client.open()
+        good = text_parts({**client.hidden(), **valid_fields()}) + END
+        attempts = {
+            "another boundary": (f"multipart/form-data; boundary={BOUNDARY}x", good),
+            "no boundary": ("multipart/form-data", good),
+            "an empty boundary": ("multipart/form-data; boundary=", good),
+            "a boundary of 100 characters": ("multipart/form-data; boundary=" + "b" * 100, good),
+            "line feeds for line ends": (f"multipart/form-data; boundary={BOUNDARY}", good.replace(b"\r\n", b"\n")),
+            "the broken part before the token": (
+                f"multipart/form-data; boundary={BOUNDARY}",
+                form_part(b'Content-Disposition: form-data; name="attachments"; filename="a\x00.png"') + good,
+            ),
+            "nothing": (f"multipart/form-data; boundary={BOUNDARY}", b""),
+        }
+        for case, (content_type, body) in attempts.items():
+            response, page = await client.send_raw(content_type, body)
+            assert response.status == 400, case
+            # Nothing readable proves it came from our form: no values to give back, the customer starts again.
+            assert not page.find_all("input", name="description"), case
+            assert "Open the form again" in page.html, case
+        assert (await gateway.spool.status()).messages == 0
+
+
 async def test_when_the_spool_is_full_the_form_comes_back_with_everything_typed(tmp_path: Path, kafka, topic):
     # Kafka out of reach and room for one complaint's events: the second has to wait.
     config = form_settings(tmp_path, kafka, topic)
