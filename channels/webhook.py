@@ -65,7 +65,8 @@ class WebhookChannel:
         offered = [part.strip() for part in header.split(",") if part.strip().startswith("v1=")]
         for secret in config.secrets:
             expected = signature(secret.get_secret_value(), timestamp, body)
-            if any(hmac.compare_digest(expected, candidate) for candidate in offered):
+            # Bytes: compare_digest raises TypeError on a str with anything but ASCII, and the header is anyone's to write.
+            if any(hmac.compare_digest(expected.encode(), candidate.encode("utf-8", "surrogateescape")) for candidate in offered):
                 return None
         return "unknown partner or bad signature"
 

@@ -114,6 +114,16 @@ async def test_bad_requests_are_refused_and_nothing_is_published(tmp_path: Path,
     assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
 
 
+async def test_a_signature_header_that_is_not_ascii_is_refused_401(tmp_path: Path, kafka, topic):
+    body = complaint_body()
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        for offered in ("v1=\u00e9" + "0" * 63, "v2=\u0660" * 3):
+            headers = {**signed_headers(body, "non-ascii"), "Intake-Signature": offered}
+            async with http.post(f"{base}/webhook/acme", data=body, headers=headers) as response:
+                assert response.status == 401, offered
+        assert (await gateway.spool.status()).messages == 0
+
+
 def _arabic_indic(number: int) -> str:
     return "".join(chr(0x0660 + int(digit)) for digit in str(number))
 
