@@ -97,8 +97,10 @@ class WebFormConfig(BaseModel):
         0,
         ge=0,
         le=10,
-        description="Reverse proxies in front of the gateway that append to X-Forwarded-For; 0 ignores the header "
-        "(anyone can write it), 1 trusts the last address, and so on. Rate limits apply to the client address found.",
+        description="How many reverse proxies you run in front of the gateway that append the client's address to "
+        "X-Forwarded-For: exactly that number, and only when the gateway cannot be reached around them. 0 (the default) "
+        "ignores the header, which anyone can write; 1 takes the address the one proxy appended, and so on. Set it higher "
+        "than the proxies that append and every client picks its own rate-limit address. Rate limits apply to the address found.",
     )
     rate_limit: int = Field(10, ge=1, description="Form posts one client address may make within rate_window_seconds; more get 429.")
     rate_window_seconds: float = Field(600, gt=0, description="The sliding window of rate_limit.")
@@ -190,8 +192,11 @@ def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
     if trusted_proxy_hops:
         forwarded = [hop.strip() for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",") if hop.strip()]
         if forwarded:
-            # Each trusted proxy appended the address it saw; anything further left was written by the client.
-            address = forwarded[-trusted_proxy_hops] if len(forwarded) >= trusted_proxy_hops else forwarded[0]
+            # Each trusted proxy appended the address it saw, the nearest last: the entry trusted_proxy_hops from the right
+            # is the client as the outermost proxy saw it, and anything further left was written by the client. With fewer
+            # entries the request skipped outer proxies, and the leftmost entries may be the client's own: only the
+            # rightmost, the nearest proxy's, is surely one a trusted proxy wrote.
+            address = forwarded[-trusted_proxy_hops] if len(forwarded) >= trusted_proxy_hops else forwarded[-1]
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

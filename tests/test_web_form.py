@@ -7,12 +7,17 @@ import hashlib
 import re
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
-from channels.web_form import CsrfTokens, SlidingWindow
+from channels.web_form import CsrfTokens, SlidingWindow, WebFormConfig, client_address
+from intake.config import load
 from intake.i18n import SUPPORTED, language_name
 from normalizer import web_form as normalize
 from normalizer.errors import InvalidMessage
@@ -515,6 +520,52 @@ def test_csrf_tokens_are_signed_and_expire() -> None:
     assert not tokens.matches(f"{int(issued, 16) + 9999:x}.{nonce}.{mac}", f"{int(issued, 16) + 9999:x}.{nonce}.{mac}")
     now[0] += 3601
     assert not tokens.matches(token, token)
+
+
+def request_from(peer: str, *forwarded: str) -> web.Request:
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = (peer, 40000)
+    headers = CIMultiDict(("X-Forwarded-For", value) for value in forwarded)
+    return make_mocked_request("POST", "/complaint", headers=headers, transport=transport)
+
+
+@pytest.mark.parametrize(
+    "hops, forwarded, expected",
+    [
+        # No trusted proxy: the header is anyone's to write and changes nothing.
+        (0, ["203.0.113.9"], "10.0.0.2"),
+        # One proxy appends the address it saw; what the client wrote is further left.
+        (1, ["203.0.113.1"], "203.0.113.1"),
+        (1, ["198.51.100.7, 203.0.113.1"], "203.0.113.1"),
+        # Two proxies: the outer one's entry is second from the right, in one header or several.
+        (2, ["198.51.100.7, 203.0.113.1, 10.0.0.1"], "203.0.113.1"),
+        (2, ["198.51.100.7, 203.0.113.1", "10.0.0.1"], "203.0.113.1"),
+        # Fewer entries than proxies: the request skipped an outer proxy, and the entries to the left of the
+        # nearest proxy's may be the client's own. Only the rightmost is surely a trusted proxy's.
+        (3, ["198.51.100.7, 203.0.113.1"], "203.0.113.1"),
+        (2, ["203.0.113.5"], "203.0.113.5"),
+        # Through the proxies but no header (a proxy not set to append): the nearest peer, never a guess.
+        (1, [], "10.0.0.2"),
+        # An IPv6 client is its /64; an IPv4-mapped one its IPv4 address.
+        (1, ["2001:db8:1:2::ffff"], "2001:db8:1:2::/64"),
+        (1, ["::ffff:203.0.113.4"], "203.0.113.4"),
+    ],
+)
+def test_the_client_address_is_the_leftmost_entry_a_trusted_proxy_wrote(hops: int, forwarded: list[str], expected: str) -> None:
+    assert client_address(request_from("10.0.0.2", *forwarded), hops) == expected
+
+
+def test_the_shipped_configuration_trusts_no_forwarded_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Trusting one hop where no proxy appends lets every client pick its own rate-limit address.
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    monkeypatch.delenv("INTAKE_WEB_FORM__TRUSTED_PROXY_HOPS", raising=False)
+    assert load(deploy / "intake.example.toml").web_form.trusted_proxy_hops == 0
+    assert WebFormConfig().trusted_proxy_hops == 0
+    # The image bakes the example in; neither it nor the compose file may raise it behind the operator's back.
+    for name in ("Dockerfile", "compose.yaml"):
+        for line in (deploy / name).read_text().splitlines():
+            if "TRUSTED_PROXY_HOPS" in line and not line.lstrip().startswith("#"):
+                assert re.search(r"TRUSTED_PROXY_HOPS[=:]\s*\"?0\"?\s*$", line), (name, line)
 
 
 def test_the_sliding_window_frees_slots_as_hits_age() -> None:
