@@ -46,6 +46,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from intake.attachments import AttachmentStore
 from intake.errors import Rejected, TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import translations
 from intake.problems import problem
 from intake.pause import pause
@@ -65,6 +66,8 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ("message", "edited_message")
 _TOKEN = r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,}$"
 _SECRET = r"^[A-Za-z0-9_-]{1,256}$"  # what setWebhook accepts as secret_token
+# Telegram's update ids are positive and sequential; the bound keeps the cursor (update_id + 1) a 64-bit integer.
+_MAX_UPDATE_ID = 2**63 - 2
 
 
 class TelegramConfig(BaseModel):
@@ -286,8 +289,8 @@ class TelegramChannel:
             self._trouble = None
             delay = self._config.retry_initial_seconds
             for update in updates:
-                update_id = update.get("update_id")
-                if not isinstance(update_id, int):
+                update_id = _update_id(update)
+                if update_id is None:
                     log.error("update without update_id skipped", extra={"event": "telegram_bad_update"})
                     continue
                 if offset is not None and update_id < offset:
@@ -335,17 +338,19 @@ class TelegramChannel:
     async def receive_webhook(self, request: web.Request) -> web.Response:
         if not self._authentic(request):
             return problem(403, "Forbidden", f"{SECRET_HEADER} is missing or wrong")
-        limit = self._config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return problem(413, "Body too large", f"at most {limit} bytes")
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            return problem(413, "Body too large", f"at most {limit} bytes")
         try:
-            update_id = json.loads(raw).get("update_id")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            raw = await read_body(request, self._config.max_body_bytes)
+        except BodyTooLarge as error:
+            return problem(413, "Body too large", str(error))
+        except BodyUnreadable:
+            return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
+        try:
+            update_id = _update_id(json.loads(raw))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # ValueError: not JSON (JSONDecodeError), or an integer past Python's 4300-digit limit; RecursionError:
+            # nesting deeper than the parser goes. Content, all of it: a 400, never a 500.
             update_id = None
-        if not isinstance(update_id, int):
+        if update_id is None:
             # Without an update_id it cannot have come from Telegram, and there is nothing to name it by.
             return problem(400, "Not a Telegram Update", "expected a JSON object with an integer update_id")
         try:
@@ -474,6 +479,15 @@ class TelegramChannel:
             raise TemporaryFailure("telegram rejected the bot token") from None
         except (NetworkError, TelegramError) as error:  # timeouts, 5xx, connection refused
             raise TemporaryFailure(f"telegram: {self._plain(error)}") from None
+
+
+def _update_id(update: object) -> int | None:
+    """The update_id of a decoded Update, or None when it has none that Telegram could have sent."""
+    update_id = update.get("update_id") if isinstance(update, dict) else None
+    # type(), not isinstance(): JSON true is a Python bool, which is an int.
+    if type(update_id) is not int or not 0 <= update_id <= _MAX_UPDATE_ID:
+        return None
+    return update_id
 
 
 def _seconds(error: RetryAfter) -> float:

@@ -8,6 +8,13 @@ Point the number's (or Messaging Service's) "a message comes in" webhook at
   ``RequestValidator``) over the URL Twilio called, rebuilt from
   ``http.public_base_url`` so that it holds behind a TLS proxy, and over every
   posted parameter, repeated and unknown ones included. Else 403.
+- The signature covers each name and value run together, sorted, with nothing
+  between them, so the same signature holds when the boundary between a value
+  and the next name moves (``MessageSid=<sid>NumMedia0`` with no ``NumMedia``).
+  What Twilio never sends is refused (400, nothing stored): message SIDs that
+  are not ``SM``/``MM`` + 32 hex digits or that disagree, an ``AccountSid`` or
+  ``MessagingServiceSid`` out of shape, counts that are not a few ASCII digits,
+  an inbound message without ``AccountSid``, ``From`` or ``NumMedia``.
 - A message is answered only after the spool write, with the acknowledgement as
   TwiML (``<Message>``); 503 when the spool cannot take it, so Twilio may retry.
 - A redelivered ``MessageSid`` is recorded once and answered with an empty
@@ -42,6 +49,7 @@ from twilio.request_validator import SIGNATURE_HEADER, RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from intake.errors import Rejected, TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import SUPPORTED
 from intake.problems import problem
 from normalizer import twilio as normalize
@@ -67,7 +75,20 @@ _STATUSES = frozenset(
         "delivered", "undelivered", "failed", "read", "partially_delivered",
     }
 )
-_ERROR_CODE = re.compile(r"^\d{1,6}$")
+# Twilio's SIDs: two letters naming the kind, 32 hex digits (Twilio's API definition allows either case).
+_MESSAGE_SID_NAMES = ("MessageSid", "SmsSid", "SmsMessageSid")
+_SHAPES = {
+    **dict.fromkeys(_MESSAGE_SID_NAMES, re.compile(r"(SM|MM)[0-9a-fA-F]{32}")),
+    "AccountSid": re.compile(r"AC[0-9a-fA-F]{32}"),
+    "MessagingServiceSid": re.compile(r"MG[0-9a-fA-F]{32}"),
+    # At most 10 media, and an SMS of 1600 characters is 24 segments: three digits leave room, none of int()'s leniency.
+    "NumMedia": re.compile(r"[0-9]{1,3}"),
+    "NumSegments": re.compile(r"[0-9]{1,3}"),
+}
+# On every inbound message; without them a re-split could change the channel (From, NumMedia), hence the spool key.
+_REQUIRED_INBOUND = ("AccountSid", "From", "NumMedia")
+# [0-9], not \d: in a str pattern \d also matches Arabic-Indic and other digits, which Twilio never sends.
+_ERROR_CODE = re.compile(r"[0-9]{1,6}")
 
 
 class TwilioConfig(BaseModel):
@@ -217,6 +238,11 @@ class TwilioChannel:
         body, params, token = checked
 
         status = normalize.delivery_status(params)
+        malformed = _malformed(params, inbound=status is None)
+        if malformed is not None:
+            self._refused.labels(endpoint=endpoint, reason="malformed").inc()
+            log.warning("Twilio request signed but not as Twilio sends it", extra={"event": "twilio_malformed", "endpoint": endpoint})
+            return problem(400, "Not a Twilio request", malformed)
         if status is not None:
             self._delivery_reports.labels(
                 status=status if status in _STATUSES else "other", error_code=_error_code(params.get("ErrorCode", ""))
@@ -273,19 +299,14 @@ class TwilioChannel:
 
     async def _signed_params(self, request: web.Request, endpoint: str) -> tuple[bytes, MultiDict[str], str] | web.Response:
         """(body, parameters, the auth token that signed them), or the refusal to answer with."""
-        limit = self._config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        try:
+            body = await read_body(request, self._config.max_body_bytes)
+        except BodyTooLarge as error:
             self._refused.labels(endpoint=endpoint, reason="size").inc()
-            return problem(413, "Body too large", f"at most {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_chunked(16 * 1024):
-            size += len(chunk)
-            if size > limit:
-                self._refused.labels(endpoint=endpoint, reason="size").inc()
-                return problem(413, "Body too large", f"at most {limit} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+            return problem(413, "Body too large", str(error))
+        except BodyUnreadable:
+            self._refused.labels(endpoint=endpoint, reason="malformed").inc()
+            return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
         if request.content_type != normalize.MEDIA_TYPE:
             self._refused.labels(endpoint=endpoint, reason="media_type").inc()
             return problem(415, "Unsupported media type", f"Twilio posts {normalize.MEDIA_TYPE}")
@@ -364,10 +385,28 @@ class TwilioChannel:
             raise _MediaUnavailable(type(error).__name__) from None
 
 
+def _malformed(params: MultiDict[str], *, inbound: bool) -> str | None:
+    """Why these parameters are not what Twilio sends, or None when they are."""
+    for name, shape in _SHAPES.items():
+        values = params.getall(name, [])
+        if len(values) > 1:
+            # The signature sorts repeated values: which one comes first would be ours to be misled about.
+            return f"{name} appears more than once"
+        if values and not shape.fullmatch(values[0]):
+            return f"{name} is not in the form Twilio gives it"
+    if len({params[name] for name in _MESSAGE_SID_NAMES if name in params}) > 1:
+        return "MessageSid, SmsSid and SmsMessageSid name different messages"
+    if inbound:
+        missing = [name for name in _REQUIRED_INBOUND if not params.get(name, "").strip()]
+        if missing:
+            return f"an inbound message carries {', '.join(missing)}"
+    return None
+
+
 def _error_code(value: str) -> str:
     """Twilio's numeric error code, or "" (a label must not take arbitrary text)."""
     value = value.strip()
-    return value if _ERROR_CODE.match(value) else ""
+    return value if _ERROR_CODE.fullmatch(value) else ""
 
 
 def _basic(user: str, password: str) -> str:

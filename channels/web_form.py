@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 from babel.units import format_unit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from channels.email.reply import acknowledgement_payload
 from intake.acknowledgement import _number as localized_number
 from intake.errors import TemporaryFailure
+from intake.http import STREAM_ERRORS, BodyTooLarge, BodyUnreadable, declared_too_large, read_body
 from intake.i18n import SUPPORTED, language_name, negotiate, text_direction, translations
 from normalizer import web_form as normalize
 from normalizer.errors import FieldError, InvalidMessage
@@ -95,8 +97,10 @@ class WebFormConfig(BaseModel):
         0,
         ge=0,
         le=10,
-        description="Reverse proxies in front of the gateway that append to X-Forwarded-For; 0 ignores the header "
-        "(anyone can write it), 1 trusts the last address, and so on. Rate limits apply to the client address found.",
+        description="How many reverse proxies you run in front of the gateway that append the client's address to "
+        "X-Forwarded-For: exactly that number, and only when the gateway cannot be reached around them. 0 (the default) "
+        "ignores the header, which anyone can write; 1 takes the address the one proxy appended, and so on. Set it higher "
+        "than the proxies that append and every client picks its own rate-limit address. Rate limits apply to the address found.",
     )
     rate_limit: int = Field(10, ge=1, description="Form posts one client address may make within rate_window_seconds; more get 429.")
     rate_window_seconds: float = Field(600, gt=0, description="The sliding window of rate_limit.")
@@ -188,8 +192,11 @@ def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
     if trusted_proxy_hops:
         forwarded = [hop.strip() for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",") if hop.strip()]
         if forwarded:
-            # Each trusted proxy appended the address it saw; anything further left was written by the client.
-            address = forwarded[-trusted_proxy_hops] if len(forwarded) >= trusted_proxy_hops else forwarded[0]
+            # Each trusted proxy appended the address it saw, the nearest last: the entry trusted_proxy_hops from the right
+            # is the client as the outermost proxy saw it, and anything further left was written by the client. With fewer
+            # entries the request skipped outer proxies, and the leftmost entries may be the client's own: only the
+            # rightmost, the nearest proxy's, is surely one a trusted proxy wrote.
+            address = forwarded[-trusted_proxy_hops] if len(forwarded) >= trusted_proxy_hops else forwarded[-1]
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -256,14 +263,6 @@ class Pages:
 # --- reading a submission ---------------------------------------------------------
 
 
-class _TooLarge(Exception):
-    """The request is bigger than any acceptable submission."""
-
-
-class _Unreadable(Exception):
-    """Not a form submission: wrong media type, broken multipart."""
-
-
 @dataclass
 class _File:
     filename: str
@@ -277,17 +276,32 @@ class _Submitted:
     files: list[_File] = field(default_factory=list)
 
 
+class _Unreadable(Exception):
+    """Not a form submission: wrong media type, broken multipart. ``submitted`` is what was read whole before the break."""
+
+    def __init__(self, submitted: _Submitted | None = None) -> None:
+        super().__init__()
+        self.submitted = submitted or _Submitted()
+
+
+def _text(value: str) -> str:
+    """A header parameter as text: aiohttp keeps bytes that are not UTF-8 as lone surrogates, which cannot be encoded."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 async def _read_submission(request: web.Request, *, limit: int, max_file_bytes: int) -> _Submitted:
-    """The posted fields and files, read as a stream so that nothing larger than ``limit`` is ever held."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _TooLarge
+    """The posted fields and files, read as a stream so that nothing larger than ``limit`` is ever held.
+
+    Raises BodyTooLarge past ``limit``, _Unreadable for anything that is not a readable form submission.
+    """
+    if declared_too_large(request, limit):
+        raise BodyTooLarge(limit)
     submitted = _Submitted()
     if request.content_type == "application/x-www-form-urlencoded":
-        body = bytearray()
-        while chunk := await request.content.read(_CHUNK):
-            body += chunk
-            if len(body) > limit:
-                raise _TooLarge
+        try:
+            body = await read_body(request, limit)
+        except BodyUnreadable:
+            raise _Unreadable from None
         for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
             submitted.fields.setdefault(name, value[: _MAX_FIELD_BYTES])
         return submitted
@@ -301,26 +315,35 @@ async def _read_submission(request: web.Request, *, limit: int, max_file_bytes: 
             if part is None:
                 return submitted
             if not isinstance(part, BodyPartReader):
-                raise _Unreadable
+                raise _Unreadable(submitted)
+            # RFC 7578 4.2: every part is form-data with a name, and a browser names the file of a file input, if only "".
+            # Anything else did not come from our form; a file taken for a text field would be lost without a word.
+            disposition, params = parse_content_disposition(part.headers.get(hdrs.CONTENT_DISPOSITION))
+            name = content_disposition_filename(params, "name")
+            filename = content_disposition_filename(params, "filename")
+            if disposition != "form-data" or name is None or (name == normalize.ATTACHMENTS and filename is None):
+                raise _Unreadable(submitted)
             kept = bytearray()
-            keep = max_file_bytes if part.filename is not None else _MAX_FIELD_BYTES
+            keep = max_file_bytes if filename is not None else _MAX_FIELD_BYTES
             size = 0
             while chunk := await part.read_chunk(_CHUNK):
                 size += len(chunk)
                 total += len(chunk)
                 if total > limit:
-                    raise _TooLarge
+                    raise BodyTooLarge(limit)
                 # Past the limit only the size is counted: the file will be refused, its first bytes name its type.
                 if len(kept) < keep:
                     kept += chunk[: keep - len(kept)]
-            if part.filename is None:
-                submitted.fields.setdefault(part.name or "", kept.decode("utf-8", "replace"))
-            elif part.name == normalize.ATTACHMENTS and (size or part.filename):
-                submitted.files.append(_File(filename=part.filename, data=bytes(kept), size=size))
-        raise _Unreadable
-    except ValueError:
-        # aiohttp's multipart parser raises ValueError on a broken boundary or part.
-        raise _Unreadable from None
+            if filename is None:
+                submitted.fields.setdefault(_text(name), kept.decode("utf-8", "replace"))
+            elif name == normalize.ATTACHMENTS and (size or filename):
+                submitted.files.append(_File(filename=_text(filename), data=bytes(kept), size=size))
+        raise _Unreadable(submitted)
+    except (ValueError, *STREAM_ERRORS):
+        # ValueError: aiohttp's multipart parser on a broken boundary, a part cut short, a nested multipart's framing.
+        # BadHttpMessage (in STREAM_ERRORS): a part's headers, with a NUL, no colon, a line over 8 KiB, too many of them.
+        # What was read whole before the break is kept, for the form to come back with.
+        raise _Unreadable(submitted) from None
 
 
 # --- the channel ------------------------------------------------------------------
@@ -403,10 +426,10 @@ class WebFormChannel:
             return self._refuse(locale, 403, "cross_origin")
         try:
             submitted = await _read_submission(request, limit=self.max_request_bytes, max_file_bytes=self.max_attachment_bytes)
-        except _TooLarge:
+        except BodyTooLarge:
             return self._refuse(locale, 413, "too_large", too_large=True)
-        except _Unreadable:
-            return self._refuse(locale, 400, "unreadable")
+        except _Unreadable as error:
+            return self._unreadable(locale, request, error.submitted)
         fields = submitted.fields
         if not self._tokens.matches(fields.get(CSRF_FIELD), request.cookies.get(self._cookie)):
             return self._refuse(locale, 403, "csrf")
@@ -576,6 +599,21 @@ class WebFormChannel:
             secure=self._secure,
         )
         return response
+
+    def _unreadable(self, locale: str, request: web.Request, submitted: _Submitted) -> web.Response:
+        """A submission that broke off: the form again with what was read of it, if its token shows it came from our form."""
+        fields = submitted.fields
+        token = fields.get(CSRF_FIELD)
+        # Without a matching token the values could be anyone's, put in front of this visitor; and a filled honeypot is a robot.
+        if not self._tokens.matches(token, request.cookies.get(self._cookie)) or fields.get(HONEYPOT):
+            return self._refuse(locale, 400, "unreadable")
+        assert token is not None  # matches() holds only for a token
+        values = dict(fields)
+        if not normalize.SUBMISSION_ID.match(values.get(SUBMISSION_FIELD, "")):
+            values.pop(SUBMISSION_FIELD, None)  # a fresh one is made: the page must not carry what the id check would refuse
+        log.info("web form submission unreadable; the form is sent back", extra={"event": "web_form_refused", "reason": "unreadable", "status": 400})
+        # Files are never kept across a correction, and whatever broke most likely broke in one: say so.
+        return self._form(locale, token=token, values=values, errors=[], files_dropped=True, status=400)
 
     def _refuse(
         self,

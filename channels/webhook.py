@@ -1,14 +1,20 @@
 """Partner webhook channel: signed JSON complaints POSTed by partner systems.
 
-A partner signs each request with HMAC-SHA256 over ``<timestamp>.<body>``:
+A partner signs each request with HMAC-SHA256 over
+``<timestamp>.<idempotency key>.<body>`` (signature version 2):
 
     Intake-Timestamp: 1700000000
-    Intake-Signature: v1=<hex digest>      (several, comma-separated, while rotating secrets)
+    Intake-Signature: v2=<hex digest>      (several, comma-separated, while rotating secrets)
     Idempotency-Key: <the partner's id for this complaint>
 
 The request is idempotent on (partner, Idempotency-Key): a retry gets the same
 reference and nothing is recorded twice. The answer is 202 with the reference
 and the acknowledgement text, which the partner shows its customer.
+
+Version 1 signed ``<timestamp>.<body>`` only: a request captured within the
+replay window could be sent again under a new Idempotency-Key and be taken as
+a new complaint. It is accepted only from partners whose ``accept_v1`` is on,
+while they move to v2; a partner may send ``v1=…, v2=…`` during the move.
 """
 
 from __future__ import annotations
@@ -24,18 +30,31 @@ from aiohttp import web
 
 from intake.config import WebhookConfig
 from intake.errors import TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.problems import problem
 from intake.reception import Reception
 from normalizer import webhook as normalize
 from normalizer.errors import InvalidMessage
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# ASCII digits only (str.isdigit also takes "²" and Arabic-Indic digits, which int() then fails on or reads), and few of
+# them: Unix seconds have 10 digits until the year 2286; a 400-digit number would overflow the float it is compared with.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The ``Intake-Signature`` value a partner sends (used by partners' code and by the tests)."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"v1={digest}"
+def signature(secret: str, timestamp: str, body: bytes, idempotency_key: str | None = None) -> str:
+    """The ``Intake-Signature`` value a partner sends (used by partners' code and by the tests).
+
+    With the request's Idempotency-Key, version 2 (``v2=``), which covers it; without, version 1 (``v1=``),
+    which the gateway takes only from partners configured with ``accept_v1`` while they migrate.
+    """
+    if idempotency_key is None:
+        return "v1=" + _digest(secret, timestamp.encode() + b"." + body)
+    return "v2=" + _digest(secret, timestamp.encode() + b"." + idempotency_key.encode() + b"." + body)
+
+
+def _digest(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 class WebhookChannel:
@@ -49,39 +68,50 @@ class WebhookChannel:
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/webhook/{partner}", self.receive)]
 
-    def _authentic(self, partner: str, timestamp: str, header: str, body: bytes) -> str | None:
+    def _authentic(self, partner: str, timestamp: str, header: str, key: str, body: bytes) -> str | None:
         """None when the signature is good, else why not (said to the partner, never naming secrets)."""
         config = self._config.partners.get(partner)
         if config is None:
             return "unknown partner or bad signature"
-        if not timestamp.isdigit():
+        if not _TIMESTAMP.fullmatch(timestamp):
             return "Intake-Timestamp must be Unix seconds"
         if abs(self._clock() - int(timestamp)) > self._config.replay_window_seconds:
             return "Intake-Timestamp is outside the replay window; check the sender's clock"
-        offered = [part.strip() for part in header.split(",") if part.strip().startswith("v1=")]
+        versions = ("v2=", "v1=") if config.accept_v1 else ("v2=",)
+        offered = [part.strip() for part in header.split(",") if part.strip().startswith(versions)]
+        if not offered:
+            # Said plainly: a partner still sending v1 after accept_v1 was turned off needs to know what to change.
+            wanted = "Intake-Signature must carry v2=<hex HMAC-SHA256 of <timestamp>.<Idempotency-Key>.<body>>"
+            return wanted if config.accept_v1 else wanted + "; v1 is not accepted from this partner"
         for secret in config.secrets:
-            expected = signature(secret.get_secret_value(), timestamp, body)
-            if any(hmac.compare_digest(expected, candidate) for candidate in offered):
-                return None
+            expected = [signature(secret.get_secret_value(), timestamp, body, key)]
+            if config.accept_v1:
+                expected.append(signature(secret.get_secret_value(), timestamp, body))
+            # Bytes: compare_digest raises TypeError on a str with anything but ASCII, and the header is anyone's to write.
+            for candidate in offered:
+                if any(hmac.compare_digest(value.encode(), candidate.encode("utf-8", "surrogateescape")) for value in expected):
+                    return None
         return "unknown partner or bad signature"
 
     async def receive(self, request: web.Request) -> web.Response:
         received_at = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)
         partner = request.match_info["partner"]
-        if request.content_length is not None and request.content_length > self._config.max_body_bytes:
-            return problem(413, "Body too large", f"at most {self._config.max_body_bytes} bytes")
-        body = await request.content.read(self._config.max_body_bytes + 1)
-        if len(body) > self._config.max_body_bytes:
-            return problem(413, "Body too large", f"at most {self._config.max_body_bytes} bytes")
+        try:
+            body = await read_body(request, self._config.max_body_bytes)
+        except BodyTooLarge as error:
+            return problem(413, "Body too large", str(error))
+        except BodyUnreadable:
+            return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
 
+        # The key first: the signature covers it, so without a well-formed one there is nothing to check.
+        key = request.headers.get("Idempotency-Key", "")
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            return problem(400, "Idempotency-Key required", "1 to 255 visible ASCII characters naming this complaint")
         refusal = self._authentic(
-            partner, request.headers.get("Intake-Timestamp", ""), request.headers.get("Intake-Signature", ""), body
+            partner, request.headers.get("Intake-Timestamp", ""), request.headers.get("Intake-Signature", ""), key, body
         )
         if refusal is not None:
             return problem(401, "Not authenticated", refusal)
-        key = request.headers.get("Idempotency-Key", "")
-        if not _IDEMPOTENCY_KEY.match(key):
-            return problem(400, "Idempotency-Key required", "1 to 255 visible ASCII characters naming this complaint")
         if request.content_type != "application/json":
             return problem(415, "Unsupported media type", "send application/json")
 

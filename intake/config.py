@@ -151,6 +151,12 @@ class AttachmentsConfig(_Section):
 
 class PartnerConfig(_Section):
     secrets: list[SecretStr] = Field(..., min_length=1, description="HMAC secrets; more than one while rotating.")
+    accept_v1: bool = Field(
+        False,
+        description="For migration only: also accept v1 signatures (over <timestamp>.<body>) from this partner. v1 does not "
+        "cover the Idempotency-Key, so a request captured within the replay window can be replayed under a new key as a new "
+        "complaint. Turn it off once the partner signs v2 (over <timestamp>.<Idempotency-Key>.<body>).",
+    )
 
     @field_validator("secrets")
     @classmethod

@@ -20,6 +20,7 @@ from normalizer.errors import InvalidMessage
 from normalizer.record import json_schema
 from normalizer.reference import reference_for
 from tests.support.gateway import GatewayProcess, free_port, running, settings
+from tests.support.raw_http import post_in_two_segments
 from tests.support.telegram_api import BOT_ID, TOKEN, TelegramApi, bot_user, message, photo_sizes, user
 from tests.support.topic import Record, of_type, read_topic, wait_for
 
@@ -130,6 +131,42 @@ async def test_the_same_update_delivered_twice_is_recorded_once(tmp_path: Path, 
     assert len(of_type(records, "acknowledged")) == 1
     assert len(api.sent) == 1  # one acknowledgement for one complaint
     assert_no_duplicate_ce_id(records)
+
+
+async def test_a_webhook_update_that_arrives_in_two_segments_is_read_whole(tmp_path: Path, kafka, topic):
+    customer = user(5550009, language_code="en")
+    update = {"update_id": 800_900, "message": message(customer, 3, text="The router I bought stopped working. " * 40)}
+    body = json.dumps(update).encode()
+    headers = {"Content-Type": "application/json", SECRET_HEADER: SECRET}
+    async with TelegramApi() as api, running(telegram_settings(tmp_path, kafka, topic, api, mode="webhook")) as (gateway, base):
+        status, _ = await post_in_two_segments(f"{base}/telegram/webhook", headers, body)
+        assert status == 200
+        assert await gateway.spool.has_message(f"telegram:{customer['id']}:3")
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+    [received] = of_type(records, "received")
+    assert received.data["text"] == update["message"]["text"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"update_id": ' + b"9" * 5000 + b"}", id="5000-digit update_id"),
+        pytest.param(b'{"update_id": ' + b"9" * 400 + b', "message": {}}', id="400-digit update_id"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nested too deep"),
+        pytest.param(b'{"update_id": true, "message": {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, "text": "x"}}', id="true"),
+        pytest.param(b'{"update_id": -1}', id="negative"),
+        pytest.param(b'{"update_id": 1e3}', id="a float"),
+        pytest.param(b'{"update_id": "800000"}', id="a string"),
+        pytest.param(b'\xff\xfe{"update_id": 1}', id="not UTF-8"),
+    ],
+)
+async def test_a_webhook_body_without_a_plain_update_id_is_refused_400(tmp_path: Path, kafka, topic, body: bytes):
+    headers = {"Content-Type": "application/json", SECRET_HEADER: SECRET}
+    async with TelegramApi() as api, running(telegram_settings(tmp_path, kafka, topic, api, mode="webhook")) as (gateway, base):
+        async with aiohttp.ClientSession() as http, http.post(f"{base}/telegram/webhook", data=body, headers=headers) as response:
+            assert response.status == 400
+            assert response.content_type == "application/problem+json"
+        assert (await gateway.spool.status()).messages == 0
 
 
 async def test_webhook_answers_503_when_the_update_cannot_be_stored(tmp_path: Path, kafka, topic):

@@ -203,6 +203,79 @@ async def test_a_bad_signature_is_refused_with_403_and_nothing_is_recorded(tmp_p
     assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
 
 
+def without(params: list[tuple[str, str]], *names: str) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in params if name not in names]
+
+
+def replaced(params: list[tuple[str, str]], **values: str) -> list[tuple[str, str]]:
+    return [(name, values.get(name, value)) for name, value in params]
+
+
+async def test_parameters_re_split_under_the_same_signature_are_refused_and_nothing_is_recorded(tmp_path: Path, kafka, topic):
+    # Twilio signs the URL and each name+value, sorted, with nothing between them: moving the boundary between
+    # one value and the next name keeps the signature and, without shape checks, made a new MessageSid.
+    url = f"{PUBLIC}/twilio/messages"
+    sms = inbound_sms("My router was never delivered.")
+    sid = dict(sms)["MessageSid"]
+    resplit_sid = without(replaced(sms, MessageSid=sid + "NumMedia0"), "NumMedia")
+    # For an MMS, NumMedia and NumSegments folded into one unknown name: without NumMedia it passed for an SMS (another spool key).
+    mms = inbound_sms("Photo of the broken box.", media=[(f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/x/Media/y", "image/jpeg")])
+    resplit_count = without(mms, "NumMedia", "NumSegments") + [("NumMedia1NumSegments", "1")]
+    validator = RequestValidator(AUTH_TOKEN)
+    assert validator.compute_signature(url, MultiDict(resplit_sid)) == validator.compute_signature(url, MultiDict(sms))
+    assert validator.compute_signature(url, MultiDict(resplit_count)) == validator.compute_signature(url, MultiDict(mms))
+
+    async with running(twilio_settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        originals = [await post(http, base, sms), await post(http, base, mms)]
+        attacks = [
+            await post(http, base, resplit_sid, signed=signature(url, sms)),
+            await post(http, base, resplit_count, signed=signature(url, mms)),
+        ]
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+        assert (await gateway.spool.status()).messages == 2
+        assert metric(gateway, "intake_twilio_refused_total", endpoint="messages", reason="malformed") == 2
+    assert [status for status, _ in originals] == [200, 200]
+    assert [status for status, _ in attacks] == [400, 400]
+    assert sorted(r.data["channel_message_id"] for r in of_type(records, "received")) == sorted([sid, dict(mms)["MessageSid"]])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "MessageSid not SM or MM and 32 hex digits",
+        "SmsSid another message's",
+        "MessageSid twice",
+        "AccountSid not AC and 32 hex digits",
+        "no AccountSid",
+        "MessagingServiceSid not MG and 32 hex digits",
+        "NumMedia in Arabic-Indic digits",
+        "NumMedia of 5000 digits",
+        "no NumMedia",
+        "NumSegments with an underscore",
+        "no From",
+    ],
+)
+async def test_what_twilio_never_sends_is_refused_400_even_when_signed(tmp_path: Path, kafka, topic, case: str):
+    params = inbound_sms("Signed, but not in Twilio's shapes.") + [("MessagingServiceSid", MESSAGING_SERVICE_SID)]
+    params = {
+        "MessageSid not SM or MM and 32 hex digits": replaced(params, MessageSid="SM" + "g" * 32, SmsSid="SM" + "g" * 32, SmsMessageSid="SM" + "g" * 32),
+        "SmsSid another message's": replaced(params, SmsSid=new_sid()),
+        "MessageSid twice": params + [("MessageSid", new_sid())],
+        "AccountSid not AC and 32 hex digits": replaced(params, AccountSid="AC" + "1f" * 15),
+        "no AccountSid": without(params, "AccountSid"),
+        "MessagingServiceSid not MG and 32 hex digits": replaced(params, MessagingServiceSid="MG" + "2e" * 16 + "Body"),
+        "NumMedia in Arabic-Indic digits": replaced(params, NumMedia="\u0660"),
+        "NumMedia of 5000 digits": replaced(params, NumMedia="9" * 5000),
+        "no NumMedia": without(params, "NumMedia"),
+        "NumSegments with an underscore": replaced(params, NumSegments="1_0"),
+        "no From": without(params, "From"),
+    }[case]
+    async with running(twilio_settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        status, answer = await post(http, base, params)
+        assert status == 400, answer
+        assert (await gateway.spool.status()).messages == 0
+
+
 async def test_a_replayed_message_sid_is_recorded_once_and_acknowledged_once(tmp_path: Path, kafka, topic):
     params = inbound_sms("The courier left my parcel in the rain.")
     async with running(twilio_settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
@@ -396,6 +469,16 @@ async def test_delivery_reports_are_counted_and_never_taken_for_complaints(tmp_p
     assert misrouted_status == 200 and len(messages(misrouted)) == 1
     [received] = complaints(records)
     assert received.data["text"] == "Sent to the wrong URL."
+
+
+async def test_a_delivery_report_error_code_becomes_a_label_only_when_it_is_ascii_digits(tmp_path: Path, kafka, topic):
+    # A metric label must not take what a sender writes: "\u0663\u0660\u0660\u0660\u0663" matches \\d, but is no Twilio code.
+    codes = ["30003", "\u0663\u0660\u0660\u0660\u0663", "3" * 7, "30 03"]
+    async with running(twilio_settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        statuses = [(await post(http, base, delivery_report("undelivered", error_code=code), path="/twilio/status"))[0] for code in codes]
+        assert statuses == [200] * len(codes)
+        assert metric(gateway, "intake_twilio_delivery_reports_total", status="undelivered", error_code="30003") == 1
+        assert metric(gateway, "intake_twilio_delivery_reports_total", status="undelivered", error_code="") == 3
 
 
 # One complaint per supported locale, in that language, from a number of another country:

@@ -7,12 +7,17 @@ import hashlib
 import re
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
-from channels.web_form import CsrfTokens, SlidingWindow
+from channels.web_form import CsrfTokens, SlidingWindow, WebFormConfig, client_address
+from intake.config import load
 from intake.i18n import SUPPORTED, language_name
 from normalizer import web_form as normalize
 from normalizer.errors import InvalidMessage
@@ -412,6 +417,78 @@ async def test_attachments_and_requests_are_bounded_in_number_size_and_type(tmp_
     assert [a["content_type"] for a in with_receipt["attachments"]] == ["application/pdf"]
 
 
+BOUNDARY = "----intakeFormBoundary7MA4YWxkTrZu0gW"
+
+
+def form_part(head: bytes, data: bytes = b"") -> bytes:
+    return b"--" + BOUNDARY.encode() + b"\r\n" + head + b"\r\n\r\n" + data + b"\r\n"
+
+
+def text_parts(fields: dict[str, str]) -> bytes:
+    return b"".join(form_part(f'Content-Disposition: form-data; name="{name}"'.encode(), value.encode()) for name, value in fields.items())
+
+
+FILE_HEAD = b'Content-Disposition: form-data; name="attachments"; filename="photo.png"\r\nContent-Type: image/png'
+END = b"--" + BOUNDARY.encode() + b"--\r\n"
+# What comes after the hidden fields and the typed text: each breaks the multipart in its own way.
+BROKEN = {
+    "a NUL in the file name": form_part(b'Content-Disposition: form-data; name="attachments"; filename="photo\x00.png"', png()) + END,
+    "a NUL in a part header": form_part(FILE_HEAD + b"\r\nX-Note: a\x00b", png()) + END,
+    "a part header without a colon": form_part(FILE_HEAD + b"\r\nnot a header", png()) + END,
+    "a part header line of 10 000 bytes": form_part(FILE_HEAD + b"\r\nX-Note: " + b"a" * 10_000, png()) + END,
+    "200 part headers": form_part(FILE_HEAD + b"".join(b"\r\nX-Note-%d: a" % n for n in range(200)), png()) + END,
+    "a Content-Disposition that does not parse": form_part(b'Content-Disposition: ;;;=="', png()) + END,
+    "a part that is not form-data": form_part(b'Content-Disposition: attachment; filename="photo.png"', png()) + END,
+    "a file name in a charset that does not exist": form_part(
+        b"Content-Disposition: form-data; name=\"attachments\"; filename*=no-such-charset''photo%FF.png", png()
+    ) + END,
+    "a nested multipart": form_part(
+        b'Content-Disposition: form-data; name="attachments"\r\nContent-Type: multipart/mixed; boundary=inner', b"--inner--"
+    ) + END,
+    "the body cut off inside the file": form_part(FILE_HEAD, png())[:-20],
+    "no closing boundary": form_part(FILE_HEAD, png()),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+async def test_a_malformed_multipart_gets_the_form_back_with_what_was_typed(tmp_path: Path, kafka, topic, broken: str):
+    typed = valid_fields(description="Typed before the file, and kept.")
+    async with running(form_settings(tmp_path, kafka, topic)) as (gateway, base), FormClient(base) as client:
+        await client.open()
+        body = text_parts({**client.hidden(), **typed}) + BROKEN[broken]
+        response, page = await client.send_raw(f"multipart/form-data; boundary={BOUNDARY}", body)
+        assert response.status == 400, page.html[:2000]
+        assert page.value("description") == "Typed before the file, and kept."
+        assert page.value("email") == typed["email"] and page.value("submission_id") == client.hidden()["submission_id"]
+        assert "Please attach your files again" in page.by_id("attachments-hint").text
+        assert (await gateway.spool.status()).messages == 0
+
+
+async def test_a_multipart_that_cannot_be_read_at_all_is_refused_400(tmp_path: Path, kafka, topic):
+    async with running(form_settings(tmp_path, kafka, topic)) as (gateway, base), FormClient(base) as client:
+        await client.open()
+        good = text_parts({**client.hidden(), **valid_fields()}) + END
+        attempts = {
+            "another boundary": (f"multipart/form-data; boundary={BOUNDARY}x", good),
+            "no boundary": ("multipart/form-data", good),
+            "an empty boundary": ("multipart/form-data; boundary=", good),
+            "a boundary of 100 characters": ("multipart/form-data; boundary=" + "b" * 100, good),
+            "line feeds for line ends": (f"multipart/form-data; boundary={BOUNDARY}", good.replace(b"\r\n", b"\n")),
+            "the broken part before the token": (
+                f"multipart/form-data; boundary={BOUNDARY}",
+                form_part(b'Content-Disposition: form-data; name="attachments"; filename="a\x00.png"') + good,
+            ),
+            "nothing": (f"multipart/form-data; boundary={BOUNDARY}", b""),
+        }
+        for case, (content_type, body) in attempts.items():
+            response, page = await client.send_raw(content_type, body)
+            assert response.status == 400, case
+            # Nothing readable proves it came from our form: no values to give back, the customer starts again.
+            assert not page.find_all("input", name="description"), case
+            assert "Open the form again" in page.html, case
+        assert (await gateway.spool.status()).messages == 0
+
+
 async def test_when_the_spool_is_full_the_form_comes_back_with_everything_typed(tmp_path: Path, kafka, topic):
     # Kafka out of reach and room for one complaint's events: the second has to wait.
     config = form_settings(tmp_path, kafka, topic)
@@ -443,6 +520,52 @@ def test_csrf_tokens_are_signed_and_expire() -> None:
     assert not tokens.matches(f"{int(issued, 16) + 9999:x}.{nonce}.{mac}", f"{int(issued, 16) + 9999:x}.{nonce}.{mac}")
     now[0] += 3601
     assert not tokens.matches(token, token)
+
+
+def request_from(peer: str, *forwarded: str) -> web.Request:
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = (peer, 40000)
+    headers = CIMultiDict(("X-Forwarded-For", value) for value in forwarded)
+    return make_mocked_request("POST", "/complaint", headers=headers, transport=transport)
+
+
+@pytest.mark.parametrize(
+    "hops, forwarded, expected",
+    [
+        # No trusted proxy: the header is anyone's to write and changes nothing.
+        (0, ["203.0.113.9"], "10.0.0.2"),
+        # One proxy appends the address it saw; what the client wrote is further left.
+        (1, ["203.0.113.1"], "203.0.113.1"),
+        (1, ["198.51.100.7, 203.0.113.1"], "203.0.113.1"),
+        # Two proxies: the outer one's entry is second from the right, in one header or several.
+        (2, ["198.51.100.7, 203.0.113.1, 10.0.0.1"], "203.0.113.1"),
+        (2, ["198.51.100.7, 203.0.113.1", "10.0.0.1"], "203.0.113.1"),
+        # Fewer entries than proxies: the request skipped an outer proxy, and the entries to the left of the
+        # nearest proxy's may be the client's own. Only the rightmost is surely a trusted proxy's.
+        (3, ["198.51.100.7, 203.0.113.1"], "203.0.113.1"),
+        (2, ["203.0.113.5"], "203.0.113.5"),
+        # Through the proxies but no header (a proxy not set to append): the nearest peer, never a guess.
+        (1, [], "10.0.0.2"),
+        # An IPv6 client is its /64; an IPv4-mapped one its IPv4 address.
+        (1, ["2001:db8:1:2::ffff"], "2001:db8:1:2::/64"),
+        (1, ["::ffff:203.0.113.4"], "203.0.113.4"),
+    ],
+)
+def test_the_client_address_is_the_leftmost_entry_a_trusted_proxy_wrote(hops: int, forwarded: list[str], expected: str) -> None:
+    assert client_address(request_from("10.0.0.2", *forwarded), hops) == expected
+
+
+def test_the_shipped_configuration_trusts_no_forwarded_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Trusting one hop where no proxy appends lets every client pick its own rate-limit address.
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    monkeypatch.delenv("INTAKE_WEB_FORM__TRUSTED_PROXY_HOPS", raising=False)
+    assert load(deploy / "intake.example.toml").web_form.trusted_proxy_hops == 0
+    assert WebFormConfig().trusted_proxy_hops == 0
+    # The image bakes the example in; neither it nor the compose file may raise it behind the operator's back.
+    for name in ("Dockerfile", "compose.yaml"):
+        for line in (deploy / name).read_text().splitlines():
+            if "TRUSTED_PROXY_HOPS" in line and not line.lstrip().startswith("#"):
+                assert re.search(r"TRUSTED_PROXY_HOPS[=:]\s*\"?0\"?\s*$", line), (name, line)
 
 
 def test_the_sliding_window_frees_slots_as_hits_age() -> None:

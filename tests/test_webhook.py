@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from collections import Counter
@@ -11,8 +13,10 @@ import aiohttp
 import jsonschema
 import pytest
 
+from channels.webhook import signature
 from normalizer.record import json_schema
-from tests.support.gateway import GatewayProcess, complaint_body, post_complaint, running, settings, signed_headers
+from tests.support.gateway import SECRET, GatewayProcess, complaint_body, post_complaint, running, settings, signed_headers
+from tests.support.raw_http import post_in_two_segments
 from tests.support.topic import of_type, read_topic, wait_for
 
 SCHEMA = json_schema()
@@ -110,6 +114,104 @@ async def test_bad_requests_are_refused_and_nothing_is_published(tmp_path: Path,
         spool = await gateway.spool.status()
         assert spool.messages == 0
     assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
+
+
+def hmac_hex(secret: str, message: bytes) -> str:
+    """What a partner computes, written out here so that the tests pin the wire format, not just our helper."""
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def migrating_headers(body: bytes, key: str, *, stamp: str | None = None) -> dict[str, str]:
+    """A partner moving from v1 to v2 sends both signatures, comma-separated."""
+    stamp = stamp or str(int(time.time()))
+    v1 = hmac_hex(SECRET, f"{stamp}.".encode() + body)
+    v2 = hmac_hex(SECRET, f"{stamp}.{key}.".encode() + body)
+    return {
+        "Content-Type": "application/json",
+        "Intake-Timestamp": stamp,
+        "Intake-Signature": f"v1={v1}, v2={v2}",
+        "Idempotency-Key": key,
+    }
+
+
+def test_the_signature_helper_signs_v2_over_timestamp_idempotency_key_and_body():
+    body = complaint_body()
+    assert signature(SECRET, "1700000000", body, idempotency_key="order-7") == "v2=" + hmac_hex(SECRET, b"1700000000.order-7." + body)
+    assert signature(SECRET, "1700000000", body) == "v1=" + hmac_hex(SECRET, b"1700000000." + body)
+
+
+async def test_a_captured_request_replayed_with_a_new_idempotency_key_is_refused(tmp_path: Path, kafka, topic):
+    body = complaint_body()
+    captured = migrating_headers(body, "order-2001")
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/webhook/acme", data=body, headers=captured) as response:
+            assert response.status == 202
+        # Within the replay window, the same timestamp, body and signatures: only the key is new.
+        async with http.post(f"{base}/webhook/acme", data=body, headers={**captured, "Idempotency-Key": "order-2001-again"}) as response:
+            assert response.status == 401
+            assert (await response.json(content_type=None))["type"] == "/problems/unauthenticated"
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
+        assert (await gateway.spool.status()).messages == 1
+    assert len(of_type(records, "received")) == 1
+
+
+async def test_a_v1_signature_is_refused_unless_the_partner_is_still_migrating(tmp_path: Path, kafka, topic):
+    body = complaint_body()
+    stamp = str(int(time.time()))
+    v1_only = {**migrating_headers(body, "order-v1", stamp=stamp), "Intake-Signature": "v1=" + hmac_hex(SECRET, f"{stamp}.".encode() + body)}
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/webhook/acme", data=body, headers=v1_only) as response:
+            assert response.status == 401
+            assert "v2" in (await response.json(content_type=None))["detail"]
+        assert (await gateway.spool.status()).messages == 0
+
+    (tmp_path / "migrating").mkdir()
+    migrating = settings(tmp_path / "migrating", kafka.bootstrap, topic, webhook={"partners": {"acme": {"secrets": [SECRET], "accept_v1": True}}})
+    async with running(migrating) as (gateway, base), aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/webhook/acme", data=body, headers=v1_only) as response:
+            assert response.status == 202
+        # v2 works for a migrating partner too.
+        status, _ = await post_complaint(http, base, complaint_body("Signed v2."), "order-v2")
+        assert status == 202
+        records = await read_topic(kafka.bootstrap, topic, expect=4)
+    assert sorted(r.data["text"] for r in of_type(records, "received")) == ["My parcel arrived broken.", "Signed v2."]
+
+
+async def test_a_signature_header_that_is_not_ascii_is_refused_401(tmp_path: Path, kafka, topic):
+    body = complaint_body()
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        for offered in ("v1=\u00e9" + "0" * 63, "v2=\u0660" * 3):
+            headers = {**signed_headers(body, "non-ascii"), "Intake-Signature": offered}
+            async with http.post(f"{base}/webhook/acme", data=body, headers=headers) as response:
+                assert response.status == 401, offered
+        assert (await gateway.spool.status()).messages == 0
+
+
+def _arabic_indic(number: int) -> str:
+    return "".join(chr(0x0660 + int(digit)) for digit in str(number))
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        pytest.param(lambda: "179617315\u00b2", id="superscript two"),
+        pytest.param(lambda: "9" * 400, id="400 digits"),
+        pytest.param(lambda: "9" * 5000, id="5000 nines"),
+        pytest.param(lambda: _arabic_indic(int(time.time())), id="the current time in Arabic-Indic digits"),
+        pytest.param(lambda: "1_" + str(int(time.time()))[1:], id="digits with an underscore"),
+        pytest.param(lambda: "", id="empty"),
+    ],
+)
+async def test_a_timestamp_that_is_not_ascii_unix_seconds_is_refused_401_even_when_signed(tmp_path: Path, kafka, topic, stamp):
+    body = complaint_body()
+    timestamp = stamp()
+    headers = {**signed_headers(body, "odd-stamp"), "Intake-Timestamp": timestamp}
+    headers["Intake-Signature"] = signature(SECRET, timestamp, body, idempotency_key="odd-stamp")
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/webhook/acme", data=body, headers=headers) as response:
+            assert response.status == 401
+            assert response.content_type == "application/problem+json"
+        assert (await gateway.spool.status()).messages == 0
 
 
 async def test_complaints_taken_while_kafka_is_down_are_published_once_it_returns(tmp_path: Path, kafka, topic):
@@ -230,3 +332,15 @@ secrets = ["s3cret-for-tests-only-0123456789"]
     [received] = of_type(records, "received")
     assert received.key == answer["reference"]
     assert_no_duplicate_ce_id(records)
+
+
+async def test_a_body_that_arrives_in_two_segments_is_read_whole(tmp_path: Path, kafka, topic):
+    # A signature over the first segment alone would not match: the whole body has to be read before checking it.
+    body = complaint_body("Sent over a slow link, " + "in pieces. " * 200 + "The end.")
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (_gateway, base):
+        status, answer = await post_in_two_segments(f"{base}/webhook/acme", signed_headers(body, "split-1"), body)
+        records = await read_topic(kafka.bootstrap, topic, expect=2)
+    assert status == 202, answer
+    [received] = of_type(records, "received")
+    assert received.data["reference"] == json.loads(answer)["reference"]
+    assert received.data["text"].endswith("in pieces. The end.")

@@ -66,11 +66,12 @@ async def running(config: Settings) -> AsyncIterator[tuple[Gateway, str]]:
 
 
 def signed_headers(body: bytes, key: str, *, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """The headers of a partner's request, signed v2 (over the timestamp, the Idempotency-Key and the body)."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     return {
         "Content-Type": "application/json",
         "Intake-Timestamp": stamp,
-        "Intake-Signature": signature(secret, stamp, body),
+        "Intake-Signature": signature(secret, stamp, body, idempotency_key=key),
         "Idempotency-Key": key,
     }
 

@@ -147,6 +147,13 @@ class FormClient:
         return response, page
 
 
+    async def send_raw(self, content_type: str, body: bytes, *, query: str = "?lang=en") -> tuple[aiohttp.ClientResponse, Page]:
+        """POST bytes made by hand (a broken multipart, say) with this visitor's cookie."""
+        async with self.session.post(f"{self.base}/complaint{query}", data=body, headers={"Content-Type": content_type}) as response:
+            page = Page(await response.text())
+        return response, page
+
+
 def cookie_attributes(response: aiohttp.ClientResponse) -> dict[str, Any]:
     [header] = response.headers.getall("Set-Cookie")
     name = header.split("=", 1)[0]

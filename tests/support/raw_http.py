@@ -1,0 +1,34 @@
+"""HTTP/1.1 requests written by hand on a socket: the timing and bytes aiohttp's client never produces."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+
+async def post_in_two_segments(url: str, headers: Mapping[str, str], body: bytes, *, pause: float = 0.05) -> tuple[int, bytes]:
+    """POST with the head and the first half of the body in one write, the rest after ``pause``: (status, response body).
+
+    What a slow network or a partner's proxy does: the server has only the first
+    segment when the handler starts, and must wait for the rest.
+    """
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        half = len(body) // 2
+        writer.write(head + body[:half])
+        await writer.drain()
+        await asyncio.sleep(pause)
+        writer.write(body[half:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, _, rest = answer.partition(b"\r\n")
+    _headers, _, content = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), content
