@@ -7,6 +7,7 @@ import email.policy
 import time
 import uuid
 from collections.abc import Iterator
+from email.utils import make_msgid
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +19,7 @@ from intake.gateway import Gateway
 from normalizer.record import json_schema
 from tests.support.dovecot import Dovecot
 from tests.support.gateway import running
-from tests.support.mail import complaint_mail, counter, email_settings, smtp_send
+from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, counter, email_settings, long_line, raw_mail, smtp_send
 from tests.support.smtp_relay import CapturingRelay
 from tests.support.topic import of_type, read_topic, wait_for
 
@@ -232,3 +233,52 @@ async def test_the_same_mail_by_smtp_and_by_imap_is_one_complaint(tmp_path: Path
         records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
     assert len(of_type(records, "received")) == 1
     assert len(relay.messages) == 1
+
+
+async def test_lines_of_any_length_come_through_the_mailbox_byte_for_byte(tmp_path: Path, kafka, topic, relay, dovecot, folder):
+    # imaplib refuses a response line over 1 000 000 bytes; a message comes as a literal, read by its length,
+    # so no line in it meets that limit. The longest here is in an attachment: the event carries no more
+    # text than a Kafka request may.
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder)
+    lines = {length: long_line(length) for length in (28_000, 200_000)}
+    mails = {
+        length: raw_mail(line, message_id=make_msgid(domain="customer.test"), subject=f"Line of {length}")
+        for length, line in lines.items()
+    }
+    export = ",".join(f"order-{n}" for n in range(150_000)).encode()  # 1.6 MB, one line
+    mails[len(export)] = b"\r\n".join(
+        [
+            f"From: Ewa Nowak <{CUSTOMER}>".encode(),
+            f"To: {OUR_ADDRESS}".encode(),
+            f"Subject: Line of {len(export)}".encode(),
+            f"Message-ID: {make_msgid(domain='customer.test')}".encode(),
+            b"MIME-Version: 1.0",
+            b'Content-Type: multipart/mixed; boundary="part"',
+            b"",
+            b"--part",
+            b"Content-Type: text/plain",
+            b"",
+            b"The export of my orders is attached.",
+            b"--part",
+            b'Content-Type: text/csv; name="orders.csv"',
+            b'Content-Disposition: attachment; filename="orders.csv"',
+            b"",
+            export,
+            b"--part--",
+            b"",
+        ]
+    )
+    await append(dovecot, folder, *mails.values())
+    async with running(config) as (gateway, _):
+        await taken_in(gateway, 3)
+        records = await read_topic(kafka.bootstrap, topic, expect=6)
+        received = {int(r.data["subject"].split()[-1]): r for r in of_type(records, "received")}
+        stored = {length: await gateway.spool.raw_message(r.data["raw"]["spool_key"]) for length, r in received.items()}
+    assert sorted(received) == sorted(mails)
+    for length, mail in mails.items():
+        assert stored[length] is not None and stored[length][0] == mail
+        jsonschema.validate(received[length].data, SCHEMA)
+    assert received[28_000].data["text"] == lines[28_000]
+    assert received[200_000].data["text"] == lines[200_000][:100_000]
+    [attachment] = received[len(export)].data["attachments"]
+    assert Path(attachment["location"].removeprefix("file://")).read_bytes() == export

@@ -9,15 +9,28 @@ import re
 import smtplib
 import ssl
 import subprocess
+from email.utils import make_msgid
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from normalizer.email import reference_from_message_ids
+from normalizer.reference import parse_reference
 from normalizer.record import json_schema
 from tests.support.gateway import free_port, running
-from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, counter, email_settings, smtp_send, swaks
+from tests.support.mail import (
+    CUSTOMER,
+    OUR_ADDRESS,
+    complaint_mail,
+    counter,
+    email_settings,
+    long_line,
+    raw_mail,
+    smtp_data,
+    smtp_send,
+    swaks,
+)
 from tests.support.topic import of_type, read_topic, wait_for
 
 SCHEMA = json_schema()
@@ -395,3 +408,53 @@ async def test_the_acknowledgement_limit_is_per_address_and_its_window_slides(re
     now[0] += 601
     await sender.send_reply(payload(CUSTOMER, 5))
     assert [m.recipients for m in relay.messages] == [[CUSTOMER], [CUSTOMER.upper()], ["someone.else@customer.test"], [CUSTOMER]]
+
+
+async def _deliver(client: str, port: int, message: bytes, tmp_path: Path) -> tuple[int, str]:
+    """The DATA answer's code and text, through smtplib or swaks."""
+    if client == "smtplib":
+        return await smtp_data(port, message)
+    # swaks ends the data with a line break of its own before the final dot: leave the mail's last one to it.
+    status, transcript = await swaks(port, message.removesuffix(b"\r\n"), tmp_path, extra=["--suppress-data"])
+    answer = re.findall(r"<[-*~]+ +(\d{3}) (.*)", transcript)[-2]  # the last answer is QUIT's
+    assert status == 0 or answer[0] != "250", transcript
+    return int(answer[0]), answer[1]
+
+
+@pytest.mark.parametrize("client", ["smtplib", "swaks"])
+async def test_lines_far_longer_than_a_thousand_octets_are_taken_in_byte_for_byte(tmp_path: Path, kafka, topic, relay, client):
+    # RFC 5321 §4.5.3.1.6 says 1000 octets; real mail does not: a 5xx for it would bounce the complaint.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    lines = {length: long_line(length) for length in (28_000, 200_000)}
+    mails = {
+        length: raw_mail(line, message_id=make_msgid(domain="customer.test"), subject=f"Line of {length}")
+        for length, line in lines.items()
+    }
+    async with running(config) as (gateway, _):
+        answers = {length: await _deliver(client, config.email.smtp.port, mail, tmp_path) for length, mail in mails.items()}
+        records = await read_topic(kafka.bootstrap, topic, expect=4)
+        received = {int(r.data["subject"].split()[-1]): r for r in of_type(records, "received")}
+        stored = {length: await gateway.spool.raw_message(r.data["raw"]["spool_key"]) for length, r in received.items()}
+    assert {length: code for length, (code, _) in answers.items()} == {28_000: 250, 200_000: 250}, answers
+    assert sorted(received) == [28_000, 200_000]
+    for length, mail in mails.items():
+        assert stored[length] is not None and stored[length][0] == mail
+        record = received[length].data
+        jsonschema.validate(record, SCHEMA)
+        assert record["raw"]["size"] == len(mail)
+        assert parse_reference(answers[length][1]) == record["reference"]
+    assert received[28_000].data["text"] == lines[28_000]
+    # The record's text has a limit of its own; the raw message in the spool keeps every byte.
+    assert received[200_000].data["text"] == lines[200_000][:100_000]
+    assert received[200_000].data["flags"]["truncated"] is True
+
+
+async def test_a_single_line_over_the_size_limit_gets_552_like_any_oversize_mail(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay, smtp={"max_message_bytes": 4096})
+    async with running(config) as (gateway, _):
+        code, text = await smtp_data(config.email.smtp.port, raw_mail("x" * 20_000, message_id=make_msgid()))
+        # A mail within the limit is still taken after the refusal, on a new transaction.
+        ok, _ = await smtp_data(config.email.smtp.port, raw_mail(long_line(3000), message_id=make_msgid()))
+        stored = (await gateway.spool.status()).messages
+    assert (code, ok) == (552, 250), text
+    assert stored == 1
