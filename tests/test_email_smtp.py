@@ -9,6 +9,7 @@ import re
 import smtplib
 import ssl
 import subprocess
+from email.policy import compat32
 from email.utils import make_msgid
 from pathlib import Path
 
@@ -458,3 +459,27 @@ async def test_a_single_line_over_the_size_limit_gets_552_like_any_oversize_mail
         stored = (await gateway.spool.status()).messages
     assert (code, ok) == (552, 250), text
     assert stored == 1
+
+
+async def test_acknowledgements_keep_long_message_ids_whole_and_their_lines_within_998_octets(
+    tmp_path: Path, kafka, topic, relay
+):
+    # Ids of the length Outlook and Gmail write. The email package turns a word longer than a line into
+    # RFC 2047 encoded-words, which RFC 2047 §5 forbids in a msg-id: mail clients would lose the thread.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    message_id = "<AM6PR0402MB33651F2A3B4C5D6E7F8091A2B3C4D5E6F7A8B9C0@AM6PR0402MB3365.eurprd04.prod.outlook.com>"
+    earlier = [
+        "<CAHk-=wjLsH5rZ0P6a1x2Q3yb9oKf1M4bCq8rYvXw2uT7nD5e6g+abcdefghijklmnop@mail.gmail.com>",
+        "<" + "b" * 800 + "@customer.test>",  # the longest our parser keeps is 900
+    ]
+    # Written by hand: the email package would encode the test's own References the same way.
+    mail = raw_mail(complaint_mail().get_content(), message_id=message_id, headers=[f"References: {' '.join(earlier)}"])
+    async with running(config):
+        await smtp_data(config.email.smtp.port, mail)
+        [ack] = await relay.wait_for(1)
+    lines = ack.raw.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    header = email.message_from_bytes(ack.raw, policy=compat32)  # as on the wire: encoded-words stay encoded
+    assert header["In-Reply-To"].strip() == message_id
+    assert header["References"].split() == [*earlier, message_id]
+    assert "=?" not in header["In-Reply-To"] + header["References"]
