@@ -17,9 +17,21 @@ from imapclient.imapclient import SEEN
 from channels.email.imap import MailboxWatcher
 from intake.gateway import Gateway
 from normalizer.record import json_schema
+from normalizer.reference import parse_reference
 from tests.support.dovecot import Dovecot
 from tests.support.gateway import running
-from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, counter, email_settings, long_line, raw_mail, smtp_send
+from tests.support.mail import (
+    CUSTOMER,
+    OUR_ADDRESS,
+    complaint_mail,
+    counter,
+    email_settings,
+    long_line,
+    raw_mail,
+    relayed,
+    smtp_data,
+    smtp_send,
+)
 from tests.support.smtp_relay import CapturingRelay
 from tests.support.topic import of_type, read_topic, wait_for
 
@@ -121,7 +133,7 @@ async def test_a_mail_appended_is_published_through_idle_then_flagged_and_never_
     [received] = of_type(records, "received")
     jsonschema.validate(received.data, SCHEMA)
     assert received.data["origin"] == {"received_via": "imap", "mailbox": "complaints", "folder": folder}
-    assert received.data["channel_message_id"] == first["Message-ID"]
+    assert received.data["channel_message_id"].split()[0] == first["Message-ID"]
     [uid] = (await folder_state(dovecot, folder)).keys()
     assert cursor is not None and cursor.endswith(f":{uid}")
 
@@ -139,7 +151,7 @@ async def test_a_mail_appended_is_published_through_idle_then_flagged_and_never_
         records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
         assert counter(gateway, "intake_received", channel="email", outcome="duplicate") == 0
     received = of_type(records, "received")
-    assert sorted(r.data["channel_message_id"] for r in received) == sorted([first["Message-ID"], second["Message-ID"]])
+    assert sorted(r.data["channel_message_id"].split()[0] for r in received) == sorted([first["Message-ID"], second["Message-ID"]])
     assert len(of_type(records, "acknowledged")) == 2 and len(relay.messages) == 2
 
 
@@ -200,7 +212,7 @@ async def test_one_bad_message_is_dead_lettered_and_does_not_block_the_mailbox(
     [event] = dead
     assert "not an email message" in event.data["error"]
     [received] = of_type(records, "received")
-    assert received.data["channel_message_id"] == good["Message-ID"]
+    assert received.data["channel_message_id"].split()[0] == good["Message-ID"]
 
 
 async def test_the_watcher_reconnects_after_the_server_went_away(tmp_path: Path, kafka, topic, relay, dovecot, folder):
@@ -282,3 +294,46 @@ async def test_lines_of_any_length_come_through_the_mailbox_byte_for_byte(tmp_pa
     assert received[200_000].data["text"] == lines[200_000][:100_000]
     [attachment] = received[len(export)].data["attachments"]
     assert Path(attachment["location"].removeprefix("file://")).read_bytes() == export
+
+
+async def test_different_mails_under_one_message_id_in_a_mailbox_are_two_complaints(
+    tmp_path: Path, kafka, topic, relay, dovecot, folder
+):
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder)
+    message_id = make_msgid(domain="customer.test")
+    texts = ["Paczka 1001 dotarła uszkodzona.", "Zamówienie 2002 w ogóle nie dotarło."]
+    await append(dovecot, folder, *(raw_mail(text, message_id=message_id, trace=relayed("relay-a")) for text in texts))
+    async with running(config) as (gateway, _):
+        await taken_in(gateway, 2)
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+        assert counter(gateway, "intake_received", channel="email", outcome="duplicate") == 0
+    received = of_type(records, "received")
+    assert sorted(r.data["text"] for r in received) == sorted(texts)
+    assert len({r.key for r in received}) == 2
+    assert len(of_type(records, "acknowledged")) == 2 and len(relay.messages) == 2
+
+
+async def test_a_mailbox_copy_of_a_mail_taken_in_by_smtp_is_the_same_complaint(
+    tmp_path: Path, kafka, topic, relay, dovecot, folder
+):
+    # The MX hands the mail to the listener and a copy to the mailbox (a forwarding rule, a journaling
+    # mailbox, a migration from IMAP to SMTP): the copy carries its own trace fields, and is the same mail.
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder, smtp=True)
+    message_id = make_msgid(domain="customer.test")
+    text = "Delivered to the listener and to the mailbox alike."
+    async with running(config) as (gateway, _):
+        await idling(gateway)
+        code, answer = await smtp_data(config.email.smtp.port, raw_mail(text, message_id=message_id, trace=relayed("relay-a")))
+        # Delivered twice into the mailbox too, by two routes.
+        await append(
+            dovecot,
+            folder,
+            raw_mail(text, message_id=message_id, trace=relayed("lmtp")),
+            raw_mail(text, message_id=message_id, trace=relayed("backup-mx"), linesep=b"\n"),
+        )
+        await taken_in(gateway, 2, outcome="duplicate")
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
+    assert code == 250
+    [received] = of_type(records, "received")
+    assert received.key == parse_reference(answer)
+    assert len(of_type(records, "acknowledged")) == 1 and len(relay.messages) == 1

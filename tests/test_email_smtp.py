@@ -28,6 +28,7 @@ from tests.support.mail import (
     email_settings,
     long_line,
     raw_mail,
+    relayed,
     smtp_data,
     smtp_send,
     swaks,
@@ -58,7 +59,9 @@ async def test_a_mail_is_published_once_and_acknowledged_once_with_threading_hea
     jsonschema.validate(complaint, SCHEMA)
     reference = complaint["reference"]
     assert received.key == reference
-    assert complaint["channel"] == "email" and complaint["channel_message_id"] == mail["Message-ID"]
+    assert complaint["channel"] == "email"
+    # The customer's Message-ID and a digest of the mail's content: a reused id does not make it a duplicate.
+    assert re.fullmatch(re.escape(mail["Message-ID"]) + r" sha256:[0-9a-f]{64}", complaint["channel_message_id"])
     assert complaint["complainant"]["email"] == CUSTOMER
     assert complaint["origin"] == {"received_via": "smtp", "recipients": OUR_ADDRESS}
     assert complaint["raw"]["media_type"] == "message/rfc822"
@@ -110,8 +113,8 @@ async def test_a_reply_to_the_acknowledgement_is_a_follow_up_with_the_same_key(t
     received = of_type(records, "received")
     [followed] = of_type(records, "followed_up")
     assert len(received) == 2
-    original = next(r for r in received if r.data["channel_message_id"] == first["Message-ID"])
-    other = next(r for r in received if r.data["channel_message_id"] == unrelated["Message-ID"])
+    original = next(r for r in received if r.data["channel_message_id"].split()[0] == first["Message-ID"])
+    other = next(r for r in received if r.data["channel_message_id"].split()[0] == unrelated["Message-ID"])
     reference = original.key
     jsonschema.validate(followed.data, SCHEMA)
     assert followed.data["follows_up"] == reference and followed.key == reference
@@ -483,3 +486,54 @@ async def test_acknowledgements_keep_long_message_ids_whole_and_their_lines_with
     assert header["In-Reply-To"].strip() == message_id
     assert header["References"].split() == [*earlier, message_id]
     assert "=?" not in header["In-Reply-To"] + header["References"]
+
+
+async def test_a_different_mail_under_a_message_id_already_seen_is_a_complaint_of_its_own(tmp_path: Path, kafka, topic, relay):
+    # Mailers that reuse ids exist (a form that sends every complaint with the same one, a client's bug):
+    # taking the second for a redelivery of the first would answer 250 and drop it.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    message_id = make_msgid(domain="customer.test")
+    texts = ["Paczka 1001 dotarła uszkodzona.", "Zamówienie 2002 w ogóle nie dotarło."]
+    async with running(config):
+        answers = [await smtp_data(config.email.smtp.port, raw_mail(text, message_id=message_id)) for text in texts]
+        acks = await relay.wait_for(2)
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+    assert [code for code, _ in answers] == [250, 250]
+    references = [parse_reference(text) for _, text in answers]
+    assert None not in references and references[0] != references[1]
+    received = of_type(records, "received")
+    assert sorted(r.key for r in received) == sorted(references)
+    assert sorted(r.data["text"] for r in received) == sorted(texts)
+    assert all(r.data["channel_message_id"].startswith(f"{message_id} sha256:") for r in received)
+    # Both acknowledgements thread under the customer's mail: the Message-ID is theirs, whatever we key on.
+    assert [ack.message["In-Reply-To"] for ack in acks] == [message_id, message_id]
+    assert len(of_type(records, "acknowledged")) == 2
+
+
+@pytest.mark.parametrize("message_id", [make_msgid(domain="customer.test"), None], ids=["with a Message-ID", "without"])
+async def test_a_redelivery_through_other_relays_is_one_complaint_under_one_reference(
+    tmp_path: Path, kafka, topic, relay, message_id
+):
+    # What relays add on the way and how they end lines does not make it another mail; a 250 lost on the way
+    # back makes the sender try again, through another MX or a backup relay.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    text = "Paczka 1001 dotarła uszkodzona.\nKurier odmówił spisania protokołu."
+    copies = [
+        raw_mail(text, message_id=message_id, trace=relayed("relay-a")),
+        # Another route: other trace fields, bare LF line ends, a space a relay left at a line's end.
+        raw_mail(text.replace("\n", "  \n"), message_id=message_id, trace=relayed("backup-mx"), linesep=b"\n"),
+        raw_mail(text, message_id=message_id),
+    ]
+    other = raw_mail("Zamówienie 2002 w ogóle nie dotarło.", message_id=None if message_id is None else make_msgid())
+    async with running(config) as (gateway, _):
+        answers = [await smtp_data(config.email.smtp.port, copy) for copy in [*copies, other]]
+        await relay.wait_for(2)
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+        duplicates = counter(gateway, "intake_received", channel="email", outcome="duplicate")
+    assert [code for code, _ in answers] == [250] * 4
+    references = [parse_reference(text) for _, text in answers]
+    assert references[0] is not None and references[:3] == [references[0]] * 3
+    assert references[3] != references[0]
+    assert duplicates == 2
+    assert sorted(r.key for r in of_type(records, "received")) == sorted({*references})
+    assert len(of_type(records, "acknowledged")) == 2 and len(relay.messages) == 2

@@ -80,6 +80,20 @@ def raw_mail(
     return linesep.join([*(line.encode() for line in lines), b"", *(line.encode() for line in text.split("\n")), b""])
 
 
+def relayed(via: str, *, recipient: str = OUR_ADDRESS) -> list[str]:
+    """The trace fields one route through ``via`` adds to a mail: what MTAs, filters and mail stores stamp on it."""
+    return [
+        f"Return-Path: <bounces+{via}@customer.test>",
+        f"Delivered-To: {recipient}",
+        f"X-Original-To: {via}-{recipient}",
+        f"Received: from {via}.customer.test ({via}.customer.test [192.0.2.7])\n\tby mx.example.test (Postfix) with ESMTPS id {via.upper()}42\n\tfor <{recipient}>; Tue,  4 Mar 2025 16:21:07 +0100 (CET)",
+        f"Authentication-Results: mx.example.test; dkim=pass header.d=customer.test; spf=pass smtp.mailfrom={via}.customer.test",
+        f"ARC-Seal: i=1; a=rsa-sha256; d={via}.test; s=arc; cv=none; b=c2lnbmVkIGJ5IHt2aWF9",
+        f"X-Spam-Status: No, score=-0.1 required=5.0 tests={via.upper()}",
+        f"Received: from [10.0.0.7] by {via}.customer.test; Tue, 4 Mar 2025 16:20:41 +0100",
+    ]
+
+
 async def smtp_data(port: int, message: bytes, *, mail_from: str = CUSTOMER, rcpt_to: str = OUR_ADDRESS) -> tuple[int, str]:
     """One transaction with smtplib, the bytes sent as they are; the code and text answered to DATA."""
 
