@@ -7,6 +7,7 @@ import email.policy
 import time
 import uuid
 from collections.abc import Iterator
+from email.utils import make_msgid
 from pathlib import Path
 
 import jsonschema
@@ -16,9 +17,21 @@ from imapclient.imapclient import SEEN
 from channels.email.imap import MailboxWatcher
 from intake.gateway import Gateway
 from normalizer.record import json_schema
+from normalizer.reference import parse_reference
 from tests.support.dovecot import Dovecot
 from tests.support.gateway import running
-from tests.support.mail import complaint_mail, counter, email_settings, smtp_send
+from tests.support.mail import (
+    CUSTOMER,
+    OUR_ADDRESS,
+    complaint_mail,
+    counter,
+    email_settings,
+    long_line,
+    raw_mail,
+    relayed,
+    smtp_data,
+    smtp_send,
+)
 from tests.support.smtp_relay import CapturingRelay
 from tests.support.topic import of_type, read_topic, wait_for
 
@@ -120,7 +133,7 @@ async def test_a_mail_appended_is_published_through_idle_then_flagged_and_never_
     [received] = of_type(records, "received")
     jsonschema.validate(received.data, SCHEMA)
     assert received.data["origin"] == {"received_via": "imap", "mailbox": "complaints", "folder": folder}
-    assert received.data["channel_message_id"] == first["Message-ID"]
+    assert received.data["channel_message_id"].split()[0] == first["Message-ID"]
     [uid] = (await folder_state(dovecot, folder)).keys()
     assert cursor is not None and cursor.endswith(f":{uid}")
 
@@ -138,7 +151,7 @@ async def test_a_mail_appended_is_published_through_idle_then_flagged_and_never_
         records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
         assert counter(gateway, "intake_received", channel="email", outcome="duplicate") == 0
     received = of_type(records, "received")
-    assert sorted(r.data["channel_message_id"] for r in received) == sorted([first["Message-ID"], second["Message-ID"]])
+    assert sorted(r.data["channel_message_id"].split()[0] for r in received) == sorted([first["Message-ID"], second["Message-ID"]])
     assert len(of_type(records, "acknowledged")) == 2 and len(relay.messages) == 2
 
 
@@ -199,7 +212,7 @@ async def test_one_bad_message_is_dead_lettered_and_does_not_block_the_mailbox(
     [event] = dead
     assert "not an email message" in event.data["error"]
     [received] = of_type(records, "received")
-    assert received.data["channel_message_id"] == good["Message-ID"]
+    assert received.data["channel_message_id"].split()[0] == good["Message-ID"]
 
 
 async def test_the_watcher_reconnects_after_the_server_went_away(tmp_path: Path, kafka, topic, relay, dovecot, folder):
@@ -232,3 +245,95 @@ async def test_the_same_mail_by_smtp_and_by_imap_is_one_complaint(tmp_path: Path
         records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
     assert len(of_type(records, "received")) == 1
     assert len(relay.messages) == 1
+
+
+async def test_lines_of_any_length_come_through_the_mailbox_byte_for_byte(tmp_path: Path, kafka, topic, relay, dovecot, folder):
+    # imaplib refuses a response line over 1 000 000 bytes; a message comes as a literal, read by its length,
+    # so no line in it meets that limit. The longest here is in an attachment: the event carries no more
+    # text than a Kafka request may.
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder)
+    lines = {length: long_line(length) for length in (28_000, 200_000)}
+    mails = {
+        length: raw_mail(line, message_id=make_msgid(domain="customer.test"), subject=f"Line of {length}")
+        for length, line in lines.items()
+    }
+    export = ",".join(f"order-{n}" for n in range(150_000)).encode()  # 1.6 MB, one line
+    mails[len(export)] = b"\r\n".join(
+        [
+            f"From: Ewa Nowak <{CUSTOMER}>".encode(),
+            f"To: {OUR_ADDRESS}".encode(),
+            f"Subject: Line of {len(export)}".encode(),
+            f"Message-ID: {make_msgid(domain='customer.test')}".encode(),
+            b"MIME-Version: 1.0",
+            b'Content-Type: multipart/mixed; boundary="part"',
+            b"",
+            b"--part",
+            b"Content-Type: text/plain",
+            b"",
+            b"The export of my orders is attached.",
+            b"--part",
+            b'Content-Type: text/csv; name="orders.csv"',
+            b'Content-Disposition: attachment; filename="orders.csv"',
+            b"",
+            export,
+            b"--part--",
+            b"",
+        ]
+    )
+    await append(dovecot, folder, *mails.values())
+    async with running(config) as (gateway, _):
+        await taken_in(gateway, 3)
+        records = await read_topic(kafka.bootstrap, topic, expect=6)
+        received = {int(r.data["subject"].split()[-1]): r for r in of_type(records, "received")}
+        stored = {length: await gateway.spool.raw_message(r.data["raw"]["spool_key"]) for length, r in received.items()}
+    assert sorted(received) == sorted(mails)
+    for length, mail in mails.items():
+        assert stored[length] is not None and stored[length][0] == mail
+        jsonschema.validate(received[length].data, SCHEMA)
+    assert received[28_000].data["text"] == lines[28_000]
+    assert received[200_000].data["text"] == lines[200_000][:100_000]
+    [attachment] = received[len(export)].data["attachments"]
+    assert Path(attachment["location"].removeprefix("file://")).read_bytes() == export
+
+
+async def test_different_mails_under_one_message_id_in_a_mailbox_are_two_complaints(
+    tmp_path: Path, kafka, topic, relay, dovecot, folder
+):
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder)
+    message_id = make_msgid(domain="customer.test")
+    texts = ["Paczka 1001 dotarła uszkodzona.", "Zamówienie 2002 w ogóle nie dotarło."]
+    await append(dovecot, folder, *(raw_mail(text, message_id=message_id, trace=relayed("relay-a")) for text in texts))
+    async with running(config) as (gateway, _):
+        await taken_in(gateway, 2)
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+        assert counter(gateway, "intake_received", channel="email", outcome="duplicate") == 0
+    received = of_type(records, "received")
+    assert sorted(r.data["text"] for r in received) == sorted(texts)
+    assert len({r.key for r in received}) == 2
+    assert len(of_type(records, "acknowledged")) == 2 and len(relay.messages) == 2
+
+
+async def test_a_mailbox_copy_of_a_mail_taken_in_by_smtp_is_the_same_complaint(
+    tmp_path: Path, kafka, topic, relay, dovecot, folder
+):
+    # The MX hands the mail to the listener and a copy to the mailbox (a forwarding rule, a journaling
+    # mailbox, a migration from IMAP to SMTP): the copy carries its own trace fields, and is the same mail.
+    config = mailbox_settings(tmp_path, kafka, topic, relay, dovecot, folder, smtp=True)
+    message_id = make_msgid(domain="customer.test")
+    text = "Delivered to the listener and to the mailbox alike."
+    async with running(config) as (gateway, _):
+        await idling(gateway)
+        code, answer = await smtp_data(config.email.smtp.port, raw_mail(text, message_id=message_id, trace=relayed("relay-a")))
+        # Delivered twice into the mailbox too, by two routes.
+        await append(
+            dovecot,
+            folder,
+            raw_mail(text, message_id=message_id, trace=relayed("lmtp")),
+            raw_mail(text, message_id=message_id, trace=relayed("backup-mx"), linesep=b"\n"),
+        )
+        await taken_in(gateway, 2, outcome="duplicate")
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=2)
+    assert code == 250
+    [received] = of_type(records, "received")
+    assert received.key == parse_reference(answer)
+    assert len(of_type(records, "acknowledged")) == 1 and len(relay.messages) == 1

@@ -9,15 +9,30 @@ import re
 import smtplib
 import ssl
 import subprocess
+from email.policy import compat32
+from email.utils import make_msgid
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from normalizer.email import reference_from_message_ids
+from normalizer.reference import parse_reference
 from normalizer.record import json_schema
 from tests.support.gateway import free_port, running
-from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, counter, email_settings, smtp_send, swaks
+from tests.support.mail import (
+    CUSTOMER,
+    OUR_ADDRESS,
+    complaint_mail,
+    counter,
+    email_settings,
+    long_line,
+    raw_mail,
+    relayed,
+    smtp_data,
+    smtp_send,
+    swaks,
+)
 from tests.support.topic import of_type, read_topic, wait_for
 
 SCHEMA = json_schema()
@@ -44,7 +59,9 @@ async def test_a_mail_is_published_once_and_acknowledged_once_with_threading_hea
     jsonschema.validate(complaint, SCHEMA)
     reference = complaint["reference"]
     assert received.key == reference
-    assert complaint["channel"] == "email" and complaint["channel_message_id"] == mail["Message-ID"]
+    assert complaint["channel"] == "email"
+    # The customer's Message-ID and a digest of the mail's content: a reused id does not make it a duplicate.
+    assert re.fullmatch(re.escape(mail["Message-ID"]) + r" sha256:[0-9a-f]{64}", complaint["channel_message_id"])
     assert complaint["complainant"]["email"] == CUSTOMER
     assert complaint["origin"] == {"received_via": "smtp", "recipients": OUR_ADDRESS}
     assert complaint["raw"]["media_type"] == "message/rfc822"
@@ -96,8 +113,8 @@ async def test_a_reply_to_the_acknowledgement_is_a_follow_up_with_the_same_key(t
     received = of_type(records, "received")
     [followed] = of_type(records, "followed_up")
     assert len(received) == 2
-    original = next(r for r in received if r.data["channel_message_id"] == first["Message-ID"])
-    other = next(r for r in received if r.data["channel_message_id"] == unrelated["Message-ID"])
+    original = next(r for r in received if r.data["channel_message_id"].split()[0] == first["Message-ID"])
+    other = next(r for r in received if r.data["channel_message_id"].split()[0] == unrelated["Message-ID"])
     reference = original.key
     jsonschema.validate(followed.data, SCHEMA)
     assert followed.data["follows_up"] == reference and followed.key == reference
@@ -395,3 +412,128 @@ async def test_the_acknowledgement_limit_is_per_address_and_its_window_slides(re
     now[0] += 601
     await sender.send_reply(payload(CUSTOMER, 5))
     assert [m.recipients for m in relay.messages] == [[CUSTOMER], [CUSTOMER.upper()], ["someone.else@customer.test"], [CUSTOMER]]
+
+
+async def _deliver(client: str, port: int, message: bytes, tmp_path: Path) -> tuple[int, str]:
+    """The DATA answer's code and text, through smtplib or swaks."""
+    if client == "smtplib":
+        return await smtp_data(port, message)
+    # swaks ends the data with a line break of its own before the final dot: leave the mail's last one to it.
+    status, transcript = await swaks(port, message.removesuffix(b"\r\n"), tmp_path, extra=["--suppress-data"])
+    answer = re.findall(r"<[-*~]+ +(\d{3}) (.*)", transcript)[-2]  # the last answer is QUIT's
+    assert status == 0 or answer[0] != "250", transcript
+    return int(answer[0]), answer[1]
+
+
+@pytest.mark.parametrize("client", ["smtplib", "swaks"])
+async def test_lines_far_longer_than_a_thousand_octets_are_taken_in_byte_for_byte(tmp_path: Path, kafka, topic, relay, client):
+    # RFC 5321 §4.5.3.1.6 says 1000 octets; real mail does not: a 5xx for it would bounce the complaint.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    lines = {length: long_line(length) for length in (28_000, 200_000)}
+    mails = {
+        length: raw_mail(line, message_id=make_msgid(domain="customer.test"), subject=f"Line of {length}")
+        for length, line in lines.items()
+    }
+    async with running(config) as (gateway, _):
+        answers = {length: await _deliver(client, config.email.smtp.port, mail, tmp_path) for length, mail in mails.items()}
+        records = await read_topic(kafka.bootstrap, topic, expect=4)
+        received = {int(r.data["subject"].split()[-1]): r for r in of_type(records, "received")}
+        stored = {length: await gateway.spool.raw_message(r.data["raw"]["spool_key"]) for length, r in received.items()}
+    assert {length: code for length, (code, _) in answers.items()} == {28_000: 250, 200_000: 250}, answers
+    assert sorted(received) == [28_000, 200_000]
+    for length, mail in mails.items():
+        assert stored[length] is not None and stored[length][0] == mail
+        record = received[length].data
+        jsonschema.validate(record, SCHEMA)
+        assert record["raw"]["size"] == len(mail)
+        assert parse_reference(answers[length][1]) == record["reference"]
+    assert received[28_000].data["text"] == lines[28_000]
+    # The record's text has a limit of its own; the raw message in the spool keeps every byte.
+    assert received[200_000].data["text"] == lines[200_000][:100_000]
+    assert received[200_000].data["flags"]["truncated"] is True
+
+
+async def test_a_single_line_over_the_size_limit_gets_552_like_any_oversize_mail(tmp_path: Path, kafka, topic, relay):
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay, smtp={"max_message_bytes": 4096})
+    async with running(config) as (gateway, _):
+        code, text = await smtp_data(config.email.smtp.port, raw_mail("x" * 20_000, message_id=make_msgid()))
+        # A mail within the limit is still taken after the refusal, on a new transaction.
+        ok, _ = await smtp_data(config.email.smtp.port, raw_mail(long_line(3000), message_id=make_msgid()))
+        stored = (await gateway.spool.status()).messages
+    assert (code, ok) == (552, 250), text
+    assert stored == 1
+
+
+async def test_acknowledgements_keep_long_message_ids_whole_and_their_lines_within_998_octets(
+    tmp_path: Path, kafka, topic, relay
+):
+    # Ids of the length Outlook and Gmail write. The email package turns a word longer than a line into
+    # RFC 2047 encoded-words, which RFC 2047 §5 forbids in a msg-id: mail clients would lose the thread.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    message_id = "<AM6PR0402MB33651F2A3B4C5D6E7F8091A2B3C4D5E6F7A8B9C0@AM6PR0402MB3365.eurprd04.prod.outlook.com>"
+    earlier = [
+        "<CAHk-=wjLsH5rZ0P6a1x2Q3yb9oKf1M4bCq8rYvXw2uT7nD5e6g+abcdefghijklmnop@mail.gmail.com>",
+        "<" + "b" * 800 + "@customer.test>",  # the longest our parser keeps is 900
+    ]
+    # Written by hand: the email package would encode the test's own References the same way.
+    mail = raw_mail(complaint_mail().get_content(), message_id=message_id, headers=[f"References: {' '.join(earlier)}"])
+    async with running(config):
+        await smtp_data(config.email.smtp.port, mail)
+        [ack] = await relay.wait_for(1)
+    lines = ack.raw.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    header = email.message_from_bytes(ack.raw, policy=compat32)  # as on the wire: encoded-words stay encoded
+    assert header["In-Reply-To"].strip() == message_id
+    assert header["References"].split() == [*earlier, message_id]
+    assert "=?" not in header["In-Reply-To"] + header["References"]
+
+
+async def test_a_different_mail_under_a_message_id_already_seen_is_a_complaint_of_its_own(tmp_path: Path, kafka, topic, relay):
+    # Mailers that reuse ids exist (a form that sends every complaint with the same one, a client's bug):
+    # taking the second for a redelivery of the first would answer 250 and drop it.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    message_id = make_msgid(domain="customer.test")
+    texts = ["Paczka 1001 dotarła uszkodzona.", "Zamówienie 2002 w ogóle nie dotarło."]
+    async with running(config):
+        answers = [await smtp_data(config.email.smtp.port, raw_mail(text, message_id=message_id)) for text in texts]
+        acks = await relay.wait_for(2)
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+    assert [code for code, _ in answers] == [250, 250]
+    references = [parse_reference(text) for _, text in answers]
+    assert None not in references and references[0] != references[1]
+    received = of_type(records, "received")
+    assert sorted(r.key for r in received) == sorted(references)
+    assert sorted(r.data["text"] for r in received) == sorted(texts)
+    assert all(r.data["channel_message_id"].startswith(f"{message_id} sha256:") for r in received)
+    # Both acknowledgements thread under the customer's mail: the Message-ID is theirs, whatever we key on.
+    assert [ack.message["In-Reply-To"] for ack in acks] == [message_id, message_id]
+    assert len(of_type(records, "acknowledged")) == 2
+
+
+@pytest.mark.parametrize("message_id", [make_msgid(domain="customer.test"), None], ids=["with a Message-ID", "without"])
+async def test_a_redelivery_through_other_relays_is_one_complaint_under_one_reference(
+    tmp_path: Path, kafka, topic, relay, message_id
+):
+    # What relays add on the way and how they end lines does not make it another mail; a 250 lost on the way
+    # back makes the sender try again, through another MX or a backup relay.
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+    text = "Paczka 1001 dotarła uszkodzona.\nKurier odmówił spisania protokołu."
+    copies = [
+        raw_mail(text, message_id=message_id, trace=relayed("relay-a")),
+        # Another route: other trace fields, bare LF line ends, a space a relay left at a line's end.
+        raw_mail(text.replace("\n", "  \n"), message_id=message_id, trace=relayed("backup-mx"), linesep=b"\n"),
+        raw_mail(text, message_id=message_id),
+    ]
+    other = raw_mail("Zamówienie 2002 w ogóle nie dotarło.", message_id=None if message_id is None else make_msgid())
+    async with running(config) as (gateway, _):
+        answers = [await smtp_data(config.email.smtp.port, copy) for copy in [*copies, other]]
+        await relay.wait_for(2)
+        records = await read_topic(kafka.bootstrap, topic, expect=4, settle=2)
+        duplicates = counter(gateway, "intake_received", channel="email", outcome="duplicate")
+    assert [code for code, _ in answers] == [250] * 4
+    references = [parse_reference(text) for _, text in answers]
+    assert references[0] is not None and references[:3] == [references[0]] * 3
+    assert references[3] != references[0]
+    assert duplicates == 2
+    assert sorted(r.key for r in of_type(records, "received")) == sorted({*references})
+    assert len(of_type(records, "acknowledged")) == 2 and len(relay.messages) == 2

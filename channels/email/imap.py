@@ -6,8 +6,9 @@ the spool's cursor table, written in the same transaction as each message
 or the move that follows is a courtesy to people reading the mailbox, done
 only after the spool write, and never read back as proof of import (Zammad
 #1662 and #243 lost or duplicated mail by trusting it). When UIDVALIDITY
-changes the folder is read again from the start; the Message-ID is the
-channel message id, so what was already taken in is a duplicate in the spool.
+changes the folder is read again from the start; the channel message id is
+the Message-ID and a digest of the content (``inbound.channel_message_id``),
+so what was already taken in is a duplicate in the spool.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ class MailboxWatcher:
                 last_uid = int(stored_uid)
             else:
                 log.warning(
-                    "UIDVALIDITY changed; reading the folder again (duplicates are recognised by Message-ID)",
+                    "UIDVALIDITY changed; reading the folder again (duplicates are recognised by Message-ID and content)",
                     extra={"event": "imap_uidvalidity_changed", "mailbox": self._config.name},
                 )
                 await self._spool.set_cursor(config.cursor_name, f"{uidvalidity}:0")

@@ -1,17 +1,23 @@
 """One received mail, whichever way it came (SMTP or IMAP): attachments stored, then one spool write.
 
-The Message-ID is the channel message id, so the same mail received by SMTP and
-by IMAP, or found again after a UIDVALIDITY change, is one complaint. A mail
-that cannot be normalised is dead-lettered, never refused or dropped: the
-sender of a mail cannot be asked to fix it.
+The channel message id names the mail, not its delivery: the Message-ID and a
+digest of the mail as its author wrote it (see ``content_digest``). The same
+mail received by SMTP and by IMAP, redelivered through another relay, or found
+again after a UIDVALIDITY change is one complaint under one reference; a
+different mail that reuses a Message-ID (some mailers do) is a complaint of
+its own, not a duplicate answered 250 and dropped. A mail that cannot be
+normalised is dead-lettered, never refused or dropped: the sender of a mail
+cannot be asked to fix it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import re
 from typing import Any
 
 from channels.email import EmailConfig
@@ -25,6 +31,86 @@ from normalizer.errors import InvalidMessage
 from normalizer.record import Attachment, Complaint
 
 log = logging.getLogger("intake.email")
+
+# Header fields the route adds to a mail, not its author: a copy that came another way carries other ones
+# and is still the same mail. Matched by name, case-insensitively, wherever they stand in the header.
+TRACE_FIELDS = frozenset(
+    {
+        # RFC 5321 §4.4 / RFC 5322 §3.6.7: the trace proper.
+        "received", "return-path",
+        # What delivery agents stamp (Postfix, Exim, qmail, Dovecot LDA/LMTP, fetchmail, Gmail's forwarding).
+        "delivered-to", "x-original-to", "envelope-to", "x-envelope-from", "x-envelope-to",
+        "x-forwarded-to", "x-forwarded-for", "x-received",
+        # Verdicts and seals of relays on the way: RFC 8601, RFC 8617 (ARC), RFC 7208 (SPF); a DKIM
+        # signature is a function of the content it signs, and a forwarder or a list may add its own.
+        "authentication-results", "arc-seal", "arc-message-signature", "arc-authentication-results",
+        "received-spf", "dkim-signature",
+        # Filters' verdicts.
+        "x-virus-scanned", "x-virus-status",
+        # mbox stores' bookkeeping, which some IMAP servers show.
+        "status", "x-status", "x-keywords", "x-uid", "content-length",
+    }
+)  # fmt: skip
+TRACE_PREFIXES = ("x-spam-",)  # SpamAssassin and rspamd: X-Spam-Status, -Score, -Level, -Flag...
+
+# A header field's first line, as RFC 5322 §2.2 spells it (and "Name :" as old mailers do).
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+
+
+def content_digest(raw: bytes) -> str:
+    """SHA-256 (hex) of the mail as its author sent it: what differs between two deliveries of it left out.
+
+    Left out: the trace fields (``TRACE_FIELDS``, ``TRACE_PREFIXES``) and an
+    mbox ``From `` line; CRLF or LF line ends; whitespace where relays change
+    it: header fields unfolded with runs of whitespace made one space (DKIM's
+    relaxed header canonicalisation, RFC 6376 §3.4.2), trailing whitespace of
+    body lines, empty lines at the end. Everything else counts, byte for byte:
+    when in doubt two mails are two complaints, never one lost in the other.
+    The header ends at the first empty line; a line in it that is neither
+    indented nor a field (broken mail) continues the field above it.
+    """
+    text = raw.replace(b"\r\n", b"\n")
+    if text.startswith(b"From "):  # an mbox separator line, written by the store
+        text = text.partition(b"\n")[2]
+    if text.startswith(b"\n"):
+        head, body = b"", text[1:]
+    else:
+        head, _, body = text.partition(b"\n\n")
+    fields: list[list[bytes]] = []
+    for line in head.split(b"\n"):
+        if fields and (line[:1] in (b" ", b"\t") or not _FIELD.match(line)):
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    digest = hashlib.sha256()
+    for lines in fields:
+        name, colon, value = b" ".join(lines).partition(b":")
+        name = name.strip().lower()
+        key = name.decode("ascii", "replace")
+        if colon and (key in TRACE_FIELDS or key.startswith(TRACE_PREFIXES)):
+            continue
+        digest.update(name + colon + b" ".join(value.split()) + b"\n")
+    digest.update(b"\n")
+    # Line by line, not with a regular expression: a line of a million spaces must not take quadratic time.
+    digest.update(b"\n".join(line.rstrip(b" \t\r") for line in body.split(b"\n")).rstrip(b"\n"))
+    return digest.hexdigest()
+
+
+def channel_message_id(message_id: str | None, raw: bytes) -> str:
+    """``<Message-ID> sha256:<content digest>``, or ``sha256:<content digest>`` for a mail without one.
+
+    The Message-ID alone would make a different mail under a reused id a
+    duplicate; the digest alone would do for identity, the Message-ID keeps the
+    key readable. At most 902 + 72 characters: within the record's 1000.
+    """
+    digest = f"sha256:{content_digest(raw)}"
+    return f"{message_id} {digest}" if message_id else digest
+
+
+def read(raw: bytes, *, envelope_sender: str | None) -> mail.ParsedMail:
+    """The normalizer's reading of a mail, named by ``channel_message_id`` rather than by its Message-ID alone."""
+    parsed = mail.parse(raw, envelope_sender=envelope_sender)
+    return dataclasses.replace(parsed, channel_message_id=channel_message_id(parsed.message_id, raw))
 
 
 class Inbound:
@@ -52,7 +138,7 @@ class Inbound:
         """Store one mail; raises TemporaryFailure (SpoolFull included) when nothing was stored."""
         try:
             # Parsing a large MIME tree takes a while: off the event loop, which other channels share.
-            parsed = await asyncio.to_thread(mail.parse, raw, envelope_sender=envelope_sender)
+            parsed = await asyncio.to_thread(read, raw, envelope_sender=envelope_sender)
         except InvalidMessage as error:
             return await self._dead_letter(raw, str(error), received_at=received_at, context=context, cursor=cursor)
         except Exception as error:  # a normalizer bug must not make one mail block a mailbox or bounce
@@ -138,15 +224,14 @@ class Inbound:
     async def _dead_letter(
         self, raw: bytes, error: str, *, received_at: dt.datetime, context: dict[str, Any], cursor: tuple[str, str] | None
     ) -> Outcome:
-        # Without a parsed Message-ID the bytes themselves name the message, so a redelivery is still one.
-        channel_message_id = f"sha256:{hashlib.sha256(raw).hexdigest()}"
-
         def unparseable() -> Complaint:
             raise InvalidMessage(error)
 
+        # Without a parsed Message-ID the content names the message, so a redelivery is still one.
+        identity = await asyncio.to_thread(channel_message_id, None, raw)
         return await self._reception.receive(
             channel="email",
-            channel_message_id=channel_message_id,
+            channel_message_id=identity,
             raw=raw,
             normalize=unparseable,
             received_at=received_at,

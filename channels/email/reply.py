@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
+from email.policy import Policy
 from email.utils import formataddr, formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,34 @@ def _message_ids(values: Iterable[str | None]) -> list[str]:
             if message_id not in found:
                 found.append(message_id)
     return found
+
+
+class _MessageIds(str):
+    """In-Reply-To or References as RFC 5322 §3.6.4 writes them: msg-ids, folded between ids, never encoded.
+
+    The email package folds a field it does not know at 78 columns by turning a
+    longer word into RFC 2047 encoded-words, and Outlook's and Gmail's ids are
+    longer: RFC 2047 §5 forbids encoded-words in a msg-id, and the customer's
+    mail client would no longer thread our acknowledgement under their mail.
+    The policy folds a value that has a ``name`` with the value's own ``fold``.
+    An id is at most 900 characters (``_MESSAGE_ID``), so a line stays within
+    RFC 5322's 998 with one id on it.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, ids: list[str]) -> _MessageIds:
+        value = super().__new__(cls, " ".join(ids))
+        value.name = name
+        return value
+
+    def fold(self, *, policy: Policy) -> str:
+        lines = [f"{self.name}:"]
+        for index, message_id in enumerate(self.split()):
+            if index and len(lines[-1]) + 1 + len(message_id) > (policy.max_line_length or 998):
+                lines.append("")
+            lines[-1] += " " + message_id
+        return policy.linesep.join(lines) + policy.linesep
 
 
 def acknowledgement_payload(
@@ -148,10 +177,9 @@ class AcknowledgementSender:
         message["Subject"] = payload["subject"]
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = payload["message_id"]
-        if payload.get("in_reply_to"):
-            message["In-Reply-To"] = payload["in_reply_to"]
-        if payload.get("references"):
-            message["References"] = " ".join(payload["references"])
+        for name, ids in (("In-Reply-To", [payload.get("in_reply_to")]), ("References", payload.get("references") or [])):
+            if _message_ids(ids):
+                message[name] = _MessageIds(name, _message_ids(ids))
         message["Auto-Submitted"] = "auto-replied"
         message["X-Auto-Response-Suppress"] = "All"
         message.set_content(payload["text"], charset="utf-8")

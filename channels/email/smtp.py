@@ -4,7 +4,8 @@ RFC 5321: a 250 after DATA takes responsibility for the message, so it is
 said after the spool write has committed. Every failure of ours is a 451 the
 sending MTA retries, never a 5xx that would bounce the customer's complaint;
 5xx is kept for what is the sender's: a recipient we do not take mail for
-(550: no open relay) and a message over the size limit (552).
+(550: no open relay) and a message over the size limit (552). Never for the
+content: a line of any length within the size limit is taken, byte for byte.
 """
 
 from __future__ import annotations
@@ -33,6 +34,32 @@ DEFERRED = "451 4.3.0 Temporary failure, please try again later"
 # On stop, how long a DATA in progress may take to get its answer.
 _STOP_GRACE_SECONDS = 10.0
 NOT_OURS = "550 5.7.1 Relaying denied: this server only takes mail for its own complaint addresses"
+TOO_BIG = "552 5.3.4 Message size exceeds the fixed maximum message size"
+
+
+class _Session(SMTP):
+    """aiosmtpd's SMTP session, taking text lines as long as the whole message may be.
+
+    aiosmtpd holds DATA to RFC 5321 §4.5.3.1.6 (1000 octets a line) and answers
+    a longer line with a permanent "500 Line too long": the sender bounces the
+    complaint. Real mail has lines of tens of thousands of characters (HTML
+    written on one line, text pasted from forms), and the raw message is to be
+    kept exactly as it came, so nothing is rewrapped either. Commands share the
+    reader's limit: one over 512 octets still gets aiosmtpd's 500, after it has
+    been read, which takes no more memory than a message may.
+    """
+
+    def __init__(self, handler: Any, *, data_size_limit: int, **options: Any) -> None:
+        # aiosmtpd reads line_length_limit in __init__ (its StreamReader's limit) and in DATA: set it first.
+        # Plus the CRLF and a transparency dot: a line this long cannot fit in a message within the limit.
+        self.line_length_limit = data_size_limit + len(b".\r\n")
+        super().__init__(handler, data_size_limit=data_size_limit, **options)
+
+    async def push(self, status: str | bytes) -> None:
+        # A line longer than that is a message over the size limit, and gets the 552 that SIZE promised.
+        if isinstance(status, str) and status.startswith("500 Line too long"):
+            status = TOO_BIG
+        await super().push(status)
 
 
 class SmtpListener:
@@ -103,7 +130,7 @@ class SmtpListener:
 
     def _session(self, loop: asyncio.AbstractEventLoop, tls: ssl.SSLContext | None) -> SMTP:
         config = self._config
-        session = SMTP(
+        session = _Session(
             self,
             data_size_limit=config.max_message_bytes,
             enable_SMTPUTF8=True,

@@ -47,6 +47,67 @@ def complaint_mail(
     return message
 
 
+def long_line(length: int) -> str:
+    """One line of ``length`` characters of real text, as some webmailers and HTML-to-text exports send it."""
+    sentence = "Paczka dotarła uszkodzona, kurier odmówił spisania protokołu, a infolinia nie odpowiada od tygodnia. "
+    return (sentence * (length // len(sentence) + 1))[: length - 1] + "!"
+
+
+def raw_mail(
+    text: str,
+    *,
+    message_id: str | None,
+    subject: str = "Uszkodzona paczka",
+    headers: list[str] | None = None,
+    trace: list[str] | None = None,
+    linesep: bytes = b"\r\n",
+) -> bytes:
+    """A mail as bytes, written by hand: the text's lines stay as long as they are (the email package would
+    encode them into short ones), and ``trace`` fields go on top, as relays prepend them."""
+    fields = [
+        *(trace or []),
+        f"From: Ewa Nowak <{CUSTOMER}>",
+        f"To: {OUR_ADDRESS}",
+        f"Subject: {subject}",
+        "Date: Tue, 04 Mar 2025 16:20:40 +0100",
+        *([f"Message-ID: {message_id}"] if message_id else []),
+        *(headers or []),
+        "MIME-Version: 1.0",
+        'Content-Type: text/plain; charset="utf-8"',
+        "Content-Transfer-Encoding: 8bit",
+    ]
+    lines = [line for field in fields for line in field.split("\n")]  # a field may be folded over several lines
+    return linesep.join([*(line.encode() for line in lines), b"", *(line.encode() for line in text.split("\n")), b""])
+
+
+def relayed(via: str, *, recipient: str = OUR_ADDRESS) -> list[str]:
+    """The trace fields one route through ``via`` adds to a mail: what MTAs, filters and mail stores stamp on it."""
+    return [
+        f"Return-Path: <bounces+{via}@customer.test>",
+        f"Delivered-To: {recipient}",
+        f"X-Original-To: {via}-{recipient}",
+        f"Received: from {via}.customer.test ({via}.customer.test [192.0.2.7])\n\tby mx.example.test (Postfix) with ESMTPS id {via.upper()}42\n\tfor <{recipient}>; Tue,  4 Mar 2025 16:21:07 +0100 (CET)",
+        f"Authentication-Results: mx.example.test; dkim=pass header.d=customer.test; spf=pass smtp.mailfrom={via}.customer.test",
+        f"ARC-Seal: i=1; a=rsa-sha256; d={via}.test; s=arc; cv=none; b=c2lnbmVkIGJ5IHt2aWF9",
+        f"X-Spam-Status: No, score=-0.1 required=5.0 tests={via.upper()}",
+        f"Received: from [10.0.0.7] by {via}.customer.test; Tue, 4 Mar 2025 16:20:41 +0100",
+    ]
+
+
+async def smtp_data(port: int, message: bytes, *, mail_from: str = CUSTOMER, rcpt_to: str = OUR_ADDRESS) -> tuple[int, str]:
+    """One transaction with smtplib, the bytes sent as they are; the code and text answered to DATA."""
+
+    def transaction() -> tuple[int, str]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.ehlo()
+            client.mail(mail_from)
+            client.rcpt(rcpt_to)
+            code, text = client.data(message)
+            return code, text.decode(errors="replace")
+
+    return await asyncio.to_thread(transaction)
+
+
 def _send(port: int, message: EmailMessage | bytes, mail_from: str, rcpt_to: list[str]) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         if isinstance(message, bytes):
