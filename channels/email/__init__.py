@@ -226,8 +226,16 @@ class RelayConfig(_Section):
     )
     validate_certs: bool = Field(True, description="Verify the relay's certificate.")
     ca_file: Path | None = Field(None, description="CA bundle to verify the relay with; default: the system's.")
-    username: str | None = Field(None, description="SMTP AUTH login at the relay, if it asks for one.")
+    username: str | None = Field(
+        None, description="SMTP AUTH login at the relay, if it asks for one; with OAuth, the sending mailbox's address."
+    )
+    auth: Authentication = Field(
+        "password",
+        description="password: AUTH PLAIN/LOGIN with username and password (none without a username); xoauth2 or "
+        "oauthbearer: SASL with an access token from `oauth` (Microsoft 365: smtp.office365.com, Gmail: smtp.gmail.com).",
+    )
     password: SecretStr | None = Field(None, description="SMTP AUTH password at the relay.")
+    oauth: OAuthConfig | None = Field(None, description="Where the access token comes from, for auth = xoauth2 or oauthbearer.")
     timeout_seconds: float = Field(30, gt=0, description="Bound on one delivery attempt; a timeout is retried from the spool.")
     from_address: str = Field("complaints@localhost", description="From: of acknowledgements; the address customers reply to.")
     from_name: str = Field("", description="Display name in From: (default: the organisation's name).")
@@ -238,6 +246,15 @@ class RelayConfig(_Section):
         "set an address if the relay refuses <>.",
     )
     message_id_domain: str | None = Field(None, description="Domain of our Message-IDs; default: the domain of from_address.")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> RelayConfig:
+        if self.auth != "password":
+            if self.oauth is None:
+                raise ValueError(f"auth = {self.auth} needs an [oauth] section: where the access token comes from")
+            if not self.username:
+                raise ValueError(f"auth = {self.auth} needs username: the address the token is for")
+        return self
 
     @property
     def domain(self) -> str:
