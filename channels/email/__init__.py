@@ -2,6 +2,8 @@
 
 Mail comes in two ways, an SMTP listener (``smtp.py``) and IMAP mailboxes
 (``imap.py``), and is acknowledged by email through a relay (``reply.py``).
+Where basic authentication is off (Microsoft 365, Gmail), mailboxes and the
+relay sign in with OAuth 2.0 access tokens (``oauth.py``).
 Both ways use the Message-ID as the channel message id, so one mail received
 through both is one complaint.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -28,6 +31,7 @@ __all__ = [
     "EmailConfig",
     "ImapMailboxConfig",
     "EmailLimitsConfig",
+    "OAuthConfig",
     "RelayConfig",
     "SmtpListenerConfig",
     "build",
@@ -85,6 +89,74 @@ class SmtpListenerConfig(_Section):
         return self
 
 
+# The loopback names a token endpoint may be reached at without TLS (a local stand-in, a test); anywhere else the
+# client secret and the tokens would travel in clear.
+_LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
+
+
+class OAuthConfig(_Section):
+    """How an access token is obtained for XOAUTH2 / OAUTHBEARER (RFC 6749), for a mailbox or the relay.
+
+    Microsoft 365 (Exchange Online), no user in the loop: ``grant = "client_credentials"``,
+    ``token_url = "https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token"``,
+    ``scope = "https://outlook.office365.com/.default"``, the app registration's client id and secret; the
+    mailbox's ``username`` is its address. Gmail (and Google Workspace without domain-wide delegation):
+    ``grant = "refresh_token"``, ``token_url = "https://oauth2.googleapis.com/token"``,
+    ``scope = "https://mail.google.com/"``, the OAuth client's id and secret and the refresh token an operator
+    obtained once through the consent flow.
+    """
+
+    token_url: str = Field(
+        ...,
+        description="The token endpoint. Microsoft 365: https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token; "
+        "Google: https://oauth2.googleapis.com/token. https, except on the loopback interface.",
+    )
+    client_id: str = Field(..., min_length=1, description="The application (client) id of the app registration or OAuth client.")
+    client_secret: SecretStr | None = Field(
+        None, description="The client secret (its value, not its id); needed for client_credentials, and by Google always."
+    )
+    grant: Literal["client_credentials", "refresh_token"] = Field(
+        "client_credentials",
+        description="client_credentials: the application itself (Microsoft 365, RFC 6749 §4.4); refresh_token: a token "
+        "an operator obtained once by consenting as the mailbox's user (Gmail, RFC 6749 §6).",
+    )
+    refresh_token: SecretStr | None = Field(None, description="The refresh token, for grant = refresh_token.")
+    scope: str = Field(
+        "",
+        description="Scopes asked for, space-separated. Microsoft 365 client credentials: "
+        "https://outlook.office365.com/.default; Gmail: https://mail.google.com/ (or empty: the refresh token's own).",
+    )
+    refresh_before_seconds: float = Field(
+        300,
+        ge=0,
+        description="A token is replaced this long before it expires (at most half its lifetime), so none expires in use.",
+    )
+    timeout_seconds: float = Field(30, gt=0, description="Bound on one request to the token endpoint.")
+
+    @field_validator("token_url")
+    @classmethod
+    def _secure_endpoint(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("token_url must be an https URL")
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+            raise ValueError("token_url must be https: the client secret and the tokens travel in it")
+        return url
+
+    @model_validator(mode="after")
+    def _grant_has_its_secret(self) -> OAuthConfig:
+        if self.grant == "refresh_token" and self.refresh_token is None:
+            raise ValueError("grant = refresh_token needs refresh_token")
+        if self.grant == "client_credentials" and self.client_secret is None:
+            raise ValueError("grant = client_credentials needs client_secret")
+        return self
+
+
+# How a client signs in to the IMAP server or the relay: the password (or app password), or an OAuth 2.0 access
+# token through SASL XOAUTH2 (Google's and Microsoft's) or OAUTHBEARER (RFC 7628).
+Authentication = Literal["password", "xoauth2", "oauthbearer"]
+
+
 class ImapMailboxConfig(_Section):
     name: str = Field(
         ..., pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Names this mailbox in the spool's cursor and in records' origin."
@@ -95,8 +167,14 @@ class ImapMailboxConfig(_Section):
         "tls", description="Implicit TLS (993), STARTTLS, or none (loopback only)."
     )
     ca_file: Path | None = Field(None, description="CA bundle to verify the server with; default: the system's.")
-    username: str = Field(..., description="Login of the mailbox.")
-    password: SecretStr = Field(..., description="Password or app password of the mailbox.")
+    username: str = Field(..., description="Login of the mailbox; with OAuth, the mailbox's address.")
+    auth: Authentication = Field(
+        "password",
+        description="password: LOGIN with `password`; xoauth2 or oauthbearer: SASL with an access token from `oauth` "
+        "(Microsoft 365 and Gmail, where basic authentication is off).",
+    )
+    password: SecretStr | None = Field(None, description="Password or app password of the mailbox, for auth = password.")
+    oauth: OAuthConfig | None = Field(None, description="Where the access token comes from, for auth = xoauth2 or oauthbearer.")
     folder: str = Field("INBOX", description="Folder watched for complaints.")
     after_import: Literal["seen", "move"] = Field(
         "seen", description="Once a message is safely in the spool: flag it \\Seen, or move it to `move_to`."
@@ -124,6 +202,14 @@ class ImapMailboxConfig(_Section):
             raise ValueError("move_to must be another folder than the one watched")
         return self
 
+    @model_validator(mode="after")
+    def _credentials(self) -> ImapMailboxConfig:
+        if self.auth == "password" and self.password is None:
+            raise ValueError("auth = password needs password")
+        if self.auth != "password" and self.oauth is None:
+            raise ValueError(f"auth = {self.auth} needs an [oauth] section: where the access token comes from")
+        return self
+
 
 class RelayConfig(_Section):
     enabled: bool = Field(
@@ -140,8 +226,16 @@ class RelayConfig(_Section):
     )
     validate_certs: bool = Field(True, description="Verify the relay's certificate.")
     ca_file: Path | None = Field(None, description="CA bundle to verify the relay with; default: the system's.")
-    username: str | None = Field(None, description="SMTP AUTH login at the relay, if it asks for one.")
+    username: str | None = Field(
+        None, description="SMTP AUTH login at the relay, if it asks for one; with OAuth, the sending mailbox's address."
+    )
+    auth: Authentication = Field(
+        "password",
+        description="password: AUTH PLAIN/LOGIN with username and password (none without a username); xoauth2 or "
+        "oauthbearer: SASL with an access token from `oauth` (Microsoft 365: smtp.office365.com, Gmail: smtp.gmail.com).",
+    )
     password: SecretStr | None = Field(None, description="SMTP AUTH password at the relay.")
+    oauth: OAuthConfig | None = Field(None, description="Where the access token comes from, for auth = xoauth2 or oauthbearer.")
     timeout_seconds: float = Field(30, gt=0, description="Bound on one delivery attempt; a timeout is retried from the spool.")
     from_address: str = Field("complaints@localhost", description="From: of acknowledgements; the address customers reply to.")
     from_name: str = Field("", description="Display name in From: (default: the organisation's name).")
@@ -152,6 +246,15 @@ class RelayConfig(_Section):
         "set an address if the relay refuses <>.",
     )
     message_id_domain: str | None = Field(None, description="Domain of our Message-IDs; default: the domain of from_address.")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> RelayConfig:
+        if self.auth != "password":
+            if self.oauth is None:
+                raise ValueError(f"auth = {self.auth} needs an [oauth] section: where the access token comes from")
+            if not self.username:
+                raise ValueError(f"auth = {self.auth} needs username: the address the token is for")
+        return self
 
     @property
     def domain(self) -> str:

@@ -23,9 +23,10 @@ import time
 from typing import TYPE_CHECKING
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from imapclient.imapclient import DELETED, SEEN
 
+from channels.email.oauth import AccessTokens, TokenRefused, TokenUnavailable
 from intake.errors import TemporaryFailure
 from intake.spool import Spool
 from intake.pause import pause
@@ -42,6 +43,8 @@ _FETCH_BATCH = 10
 _STOP_CHECK_SECONDS = 1.0
 # What a connection or server failure looks like through imapclient and the socket below it.
 _CONNECTION_ERRORS = (IMAPClientError, OSError)
+# What keeps a mailbox that signs in with OAuth from getting an access token.
+_TOKEN_ERRORS = (TokenRefused, TokenUnavailable)
 
 
 class MailboxWatcher:
@@ -57,6 +60,8 @@ class MailboxWatcher:
         self.state = "stopped"
         self._last_error = ""
         self._reached = False  # whether the current session got as far as a complete catch-up
+        # Access tokens for XOAUTH2 / OAUTHBEARER, where the server has basic authentication off (Microsoft 365, Gmail).
+        self._tokens = AccessTokens(config.oauth, name=self.name) if config.auth != "password" and config.oauth else None
 
     @property
     def name(self) -> str:
@@ -69,7 +74,7 @@ class MailboxWatcher:
         self._stop_flag.set()
 
     def health(self) -> str | None:
-        return f"mailbox unreachable: {self._last_error}" if self.state == "waiting to reconnect" else None
+        return self._last_error if self.state == "waiting to reconnect" else None
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless the gateway stops first."""
@@ -86,11 +91,25 @@ class MailboxWatcher:
                 await self._session()
                 continue
             except _CONNECTION_ERRORS as error:
-                self._last_error = f"{type(error).__name__}: {str(error)[:200]}"
+                self._last_error = f"mailbox unreachable: {type(error).__name__}: {str(error)[:200]}"
                 log.warning(
                     "mailbox unavailable; reconnecting",
                     extra={
                         "event": "imap_disconnected",
+                        "mailbox": self._config.name,
+                        "error_type": type(error).__name__,
+                        "error": str(error)[:300],
+                    },
+                )
+            except _TOKEN_ERRORS as error:
+                # Retried like a server that is away: a revoked client or consent can be restored at the provider
+                # without touching the gateway, and a token endpoint that was down comes back.
+                self._last_error = f"cannot sign in, no access token: {str(error)[:300]}"
+                log.log(
+                    logging.ERROR if isinstance(error, TokenRefused) else logging.WARNING,
+                    "mailbox cannot sign in: no access token; retrying",
+                    extra={
+                        "event": "imap_no_token",
                         "mailbox": self._config.name,
                         "error_type": type(error).__name__,
                         "error": str(error)[:300],
@@ -105,7 +124,7 @@ class MailboxWatcher:
 
     async def _session(self) -> None:
         """One connection: catch up, then wait for news (IDLE or polling), until stopped or disconnected."""
-        client = await asyncio.to_thread(self._connect)
+        client = await self._open()
         try:
             idle = client.has_capability("IDLE")
             log.info("mailbox connected", extra={"event": "imap_connected", "mailbox": self._config.name, "idle": idle})
@@ -137,9 +156,20 @@ class MailboxWatcher:
         finally:
             await asyncio.to_thread(self._logout, client)
 
+    async def _open(self) -> IMAPClient:
+        """Connect and sign in. An access token is fetched here, on the event loop, and handed to the thread."""
+        token = await self._tokens.get() if self._tokens is not None else None
+        try:
+            return await asyncio.to_thread(self._connect, token)
+        except LoginError:
+            if self._tokens is not None and token is not None:
+                # Refused by the server (revoked, or expired sooner than announced): the next attempt gets a new one.
+                self._tokens.forget(token)
+            raise
+
     # --- in the worker thread (blocking imapclient calls) ---------------------------
 
-    def _connect(self) -> IMAPClient:
+    def _connect(self, token: str | None) -> IMAPClient:
         config = self._config
         context = None
         if config.security != "none":
@@ -151,7 +181,12 @@ class MailboxWatcher:
         try:
             if config.security == "starttls":
                 client.starttls(context)
-            client.login(config.username, config.password.get_secret_value())
+            if config.auth == "xoauth2":
+                client.oauth2_login(config.username, token)
+            elif config.auth == "oauthbearer":
+                client.oauthbearer_login(config.username, token)
+            else:
+                client.login(config.username, config.password.get_secret_value() if config.password else "")
         except BaseException:
             client.shutdown()
             raise

@@ -16,6 +16,7 @@ worker see the complaint was never acknowledged, and why.
 
 from __future__ import annotations
 
+import base64
 import collections
 import html
 import logging
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
+from channels.email.oauth import AccessTokens, TokenRefused, sasl_response
 from intake.acknowledgement import Acknowledgement
 from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
@@ -140,6 +142,8 @@ class AcknowledgementSender:
         self._sent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._swept_at = clock()
         self._tls = self._tls_context()
+        # Access tokens for XOAUTH2 / OAUTHBEARER, where the relay has basic authentication off (Microsoft 365, Gmail).
+        self._tokens = AccessTokens(relay.oauth, name="relay") if relay.auth != "password" and relay.oauth else None
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self._relay.security == "none":
@@ -212,21 +216,28 @@ class AcknowledgementSender:
             )
         message = self.compose(payload)
         relay = self._relay
+        password = relay.password.get_secret_value() if relay.password and self._tokens is None else None
         try:
-            await aiosmtplib.send(
-                message,
-                sender=relay.envelope_sender,
-                recipients=[payload["to"]],
+            # Before connecting: no session sits idle at the relay while the token endpoint answers.
+            token = await self._tokens.get() if self._tokens is not None else None
+            client = aiosmtplib.SMTP(
                 hostname=relay.host,
                 port=relay.port,
-                username=relay.username,
-                password=relay.password.get_secret_value() if relay.password else None,
+                username=relay.username if self._tokens is None else None,
+                password=password,
                 use_tls=relay.security == "tls",
                 start_tls={"auto": None, "starttls": True, "tls": False, "none": False}[relay.security],
                 tls_context=self._tls,
                 validate_certs=relay.validate_certs,
                 timeout=relay.timeout_seconds,
             )
+            async with client:  # connects, STARTTLS, AUTH with a password
+                if token is not None:
+                    await self._sign_in(client, token)
+                await client.send_message(message, sender=relay.envelope_sender, recipients=[payload["to"]])
+        except TokenRefused as error:
+            # Our configuration (or the provider's), not the customer's address: retried while an operator fixes it.
+            raise TemporaryFailure(f"no access token for the relay: {error}") from None
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refusal.code for refusal in error.recipients]
             if codes and all(500 <= code < 600 for code in codes):
@@ -251,3 +262,32 @@ class AcknowledgementSender:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             raise TemporaryFailure(f"the relay is unreachable ({type(error).__name__})") from None
         self._sent[recipient].append(self._clock())
+
+    async def _sign_in(self, client: aiosmtplib.SMTP, token: str) -> None:
+        """AUTH XOAUTH2 or OAUTHBEARER with an access token.
+
+        As Microsoft documents it for SMTP: the mechanism alone, then the response
+        to the server's empty challenge, so no server's limit on the length of a
+        command line meets a token of a few kilobytes.
+        """
+        relay = self._relay
+        mechanism = relay.auth
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()
+        if mechanism not in client.server_auth_methods:
+            offered = " ".join(client.server_auth_methods).upper() or "nothing"
+            raise TemporaryFailure(f"the relay does not offer AUTH {mechanism.upper()} (it offers {offered})")
+        response = await client.execute_command(b"AUTH", mechanism.upper().encode())
+        if response.code == 334:
+            response = await client.execute_command(
+                sasl_response(mechanism, relay.username or "", token, host=relay.host, port=relay.port)
+            )
+            if response.code == 334:
+                # A challenge after the token is the server's error report (JSON, base64); the exchange ends with an
+                # empty answer for XOAUTH2, a lone ^A for OAUTHBEARER (RFC 7628 §3.2.3), and the server's final no.
+                response = await client.execute_command(b"" if mechanism == "xoauth2" else base64.b64encode(b"\x01"))
+            if response.code >= 500 and self._tokens is not None:
+                # The token was refused for good: revoked, or expired sooner than announced. The next attempt gets a new one.
+                self._tokens.forget(token)
+        if response.code != 235:
+            raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)

@@ -6,6 +6,10 @@ state, log and mail under the directory. As root, Dovecot's login processes
 must run as its unprivileged ``dovenull`` user and mail may not be accessed
 as uid 0, so the directory is made traversable and the maildir belongs to
 ``nobody``; as any other user everything runs as that user.
+
+Given an authorization server (``tests/support/oauth_server.py``) it also
+takes XOAUTH2 and OAUTHBEARER, with an oauth2 passdb that asks that server
+about each token (introspection), as a Dovecot behind an identity provider does.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from imapclient import IMAPClient
 
 from tests.support.gateway import free_port
+from tests.support.oauth_server import RESOURCE_ID, RESOURCE_SECRET, AuthorizationServer
 
 USER = "complaints@example.test"
 PASSWORD = "imap-password-for-tests"
@@ -38,7 +43,7 @@ log_path = {root}/dovecot.log
 ssl = no
 # Loopback only: the test user's password may travel in clear.
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechanisms}
 default_login_user = {login_user}
 default_internal_user = {internal_user}
 default_internal_group = {internal_group}
@@ -50,8 +55,9 @@ mailbox_idle_check_interval = 1 secs
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/passwd
+  mechanisms = plain login
 }}
-userdb {{
+{oauth_passdb}userdb {{
   driver = static
   args = uid={mail_uid} gid={mail_gid} home={root}/mail/%u
 }}
@@ -67,15 +73,42 @@ service imap-login {{
 }}
 service anvil {{
   chroot =
+{anvil}}}
+"""
+
+# Tokens are checked by the authorization server (RFC 7662 introspection, POSTed with Dovecot's own credentials);
+# the mailbox a token is for is its "email", which must be the user named in XOAUTH2 / OAUTHBEARER.
+_OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/dovecot-oauth2.conf.ext
 }}
+"""
+_OAUTH2_SETTINGS = """\
+introspection_url = {introspection_url}
+introspection_mode = post
+client_id = {client_id}
+client_secret = {client_secret}
+username_attribute = email
+active_attribute = active
+active_value = true
+"""
+# Refused tokens are provoked on purpose; without this, every login from 127.0.0.1 after one (the tests' own,
+# with the password) would be delayed by up to 15 s.
+_NO_PENALTY = """\
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 """
 
 
 class Dovecot:
     """``start()`` / ``stop()`` a Dovecot on ``port``; ``client()`` logs in as the test user."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, oauth: AuthorizationServer | None = None) -> None:
         self.port = port or free_port()
+        self.oauth = oauth
         # Not under pytest's tmp_path: that is private to root (0700), and Dovecot's login and auth processes
         # run as other users when started by root.
         self.root = Path(tempfile.mkdtemp(prefix="intake-dovecot-"))
@@ -102,9 +135,20 @@ class Dovecot:
             mail_uid, mail_gid = os.getuid(), os.getgid()
             login_user = internal_user = pwd.getpwuid(mail_uid).pw_name
             internal_group = grp.getgrgid(mail_gid).gr_name
+        if self.oauth is not None:
+            settings = self.root / "dovecot-oauth2.conf.ext"
+            settings.write_text(
+                _OAUTH2_SETTINGS.format(
+                    introspection_url=self.oauth.introspection_url, client_id=RESOURCE_ID, client_secret=RESOURCE_SECRET
+                )
+            )
+            os.chmod(settings, 0o644)  # read by the auth process, which runs as Dovecot's own user
         config = self.root / "dovecot.conf"
         config.write_text(
             _CONFIG.format(
+                oauth_mechanisms=" xoauth2 oauthbearer" if self.oauth else "",
+                oauth_passdb=_OAUTH2_PASSDB.format(root=self.root) if self.oauth else "",
+                anvil=_NO_PENALTY.format() if self.oauth else "",
                 root=self.root,
                 port=self.port,
                 login_user=login_user,
@@ -159,6 +203,11 @@ class Dovecot:
         """Stop it and delete its directory (mail, log and all)."""
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def kick(self) -> None:
+        """End every session of the test user, as Exchange Online does when a session's token expires."""
+        binary = shutil.which("doveadm") or "/usr/bin/doveadm"
+        subprocess.run([binary, "-c", str(self.root / "dovecot.conf"), "kick", self.user], check=True, capture_output=True)
 
     def client(self) -> IMAPClient:
         client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
