@@ -149,8 +149,11 @@ class Gateway:
         self.supervisor.add(Housekeeping(self.spool, settings.spool.retention_hours * 3600))
 
         self.app = web.Application(
-            client_max_size=max(settings.webhook.max_body_bytes, 1024 * 1024), middlewares=[self._refuse_while_draining]
+            client_max_size=max(settings.webhook.max_body_bytes, 1024 * 1024),
+            middlewares=[self._refuse_while_draining, self._count_refusals],
         )
+        # Which channel each route belongs to, for counting what is refused on every channel in one place.
+        self._route_channel: dict[web.AbstractResource, str] = {}
         self.app.on_response_prepare.append(_plain_server_header)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
@@ -158,7 +161,7 @@ class Gateway:
         # Long-running parts of channels (SMTP listener, IMAP watchers, Telegram bot, Twilio's media client).
         self.services: list[Component] = []
         if settings.webhook.enabled:
-            self.app.router.add_routes(WebhookChannel(settings.webhook, self.reception, clock).routes())
+            self._add_channel_routes("webhook", WebhookChannel(settings.webhook, self.reception, clock).routes())
         # Channels follow, each wired in one block.
         if settings.web_form.enabled:
             web_form = WebFormChannel(
@@ -171,7 +174,7 @@ class Gateway:
                 email_domain=settings.email.relay.domain,
                 clock=clock,
             )
-            self.app.router.add_routes(web_form.routes())
+            self._add_channel_routes("web_form", web_form.routes())
         if settings.email.enabled:
             email = email_channel.build(settings, self)
             self.services.extend(email.services)
@@ -181,13 +184,13 @@ class Gateway:
             twilio = TwilioChannel(
                 settings.twilio, self.reception, self.attachments, self.metrics, public_base_url=settings.http.public_base_url, clock=clock
             )
-            self.app.router.add_routes(twilio.routes())
+            self._add_channel_routes("twilio", twilio.routes())
             self.services.append(twilio)
         if settings.telegram.enabled:
             telegram = TelegramChannel(
                 settings.telegram, self.reception, self.attachments, public_base_url=settings.http.public_base_url, clock=clock
             )
-            self.app.router.add_routes(telegram.routes())
+            self._add_channel_routes("telegram", telegram.routes())
             self.services.append(telegram)
             self.reply_senders["telegram"] = telegram
 
@@ -254,6 +257,25 @@ class Gateway:
         if self.draining:
             response.force_close()
         return response
+
+    def _add_channel_routes(self, channel: str, routes: list[web.RouteDef]) -> None:
+        for route in self.app.router.add_routes(routes):
+            self._route_channel[route.resource] = channel
+
+    @web.middleware
+    async def _count_refusals(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:  # aiohttp's own refusals (413 from client_max_size, 405)
+            self._refused(request, error.status)
+            raise
+        self._refused(request, response.status)
+        return response
+
+    def _refused(self, request: web.Request, status: int) -> None:
+        channel = self._route_channel.get(request.match_info.route.resource) if request.match_info.route.resource else None
+        if channel is not None and 400 <= status < 500:
+            self.metrics.refused.labels(channel=channel, status=str(status)).inc()
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready means: complaints can be taken in and kept. Kafka being down does not stop that; it is reported,

@@ -16,6 +16,13 @@ class Metrics:
             ["channel", "outcome"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "intake_refused",
+            "Requests a channel refused, by channel and HTTP status (401/403 bad signature or secret, 400/413/415/422 bad "
+            "content, 429 rate limit); for email, 550 for a recipient that is not ours.",
+            ["channel", "status"],
+            registry=self.registry,
+        )
         self.published = Counter(
             "intake_published", "Events Kafka has acknowledged, by event type.", ["type"], registry=self.registry
         )

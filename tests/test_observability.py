@@ -45,3 +45,46 @@ async def test_responses_do_not_name_server_versions(tmp_path: Path, kafka, topi
         async with http.post(f"{base}/webhook/acme", data=b"{}") as response:
             servers.add(response.headers.get("Server"))
     assert servers == {"intake"}
+
+
+async def test_refusals_are_counted_on_every_http_channel(tmp_path: Path, kafka, topic):
+    from tests.support.gateway import free_port
+
+    config = settings(
+        tmp_path,
+        kafka.bootstrap,
+        topic,
+        telegram={"enabled": True, "token": "123456:ABCDEFGHIJKLMNOPQRSTUVWXYZ", "mode": "webhook", "webhook_secret": "s3cret",
+                  "api_url": f"http://127.0.0.1:{free_port()}"},
+    )
+    async with running(config) as (_, base), aiohttp.ClientSession() as http:
+        body = complaint_body()
+        forged = {"Content-Type": "application/json", "Intake-Timestamp": "1", "Intake-Signature": "v2=00", "Idempotency-Key": "k"}
+        async with http.post(f"{base}/webhook/acme", data=body, headers=forged) as response:
+            assert response.status == 401
+        async with http.post(f"{base}/telegram/webhook", data=b"{}", headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as response:
+            assert response.status == 403
+        async with http.get(f"{base}/metrics") as response:
+            page = await response.text()
+    assert 'intake_refused_total{channel="webhook",status="401"} 1.0' in page
+    assert 'intake_refused_total{channel="telegram",status="403"} 1.0' in page
+
+
+async def test_mail_for_an_address_that_is_not_ours_is_refused_and_counted(tmp_path: Path, kafka, topic, relay):
+    import asyncio
+    import smtplib
+
+    from tests.support.mail import counter, email_settings
+
+    config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
+
+    def stranger() -> int:
+        with smtplib.SMTP("127.0.0.1", config.email.smtp.port, timeout=10) as client:
+            client.ehlo()
+            client.mail("someone@example.net")
+            return client.rcpt("victim@elsewhere.example")[0]
+
+    async with running(config) as (gateway, _):
+        code = await asyncio.to_thread(stranger)
+        refused = counter(gateway, "intake_refused", channel="email", status="550")
+    assert code == 550 and refused == 1

@@ -317,7 +317,7 @@ def build(settings: Settings, gateway: Gateway) -> EmailChannel:
     )
     inbound = Inbound(config, gateway.reception, gateway.attachments)
     if config.smtp.enabled:
-        channel.services.append(SmtpListener(config.smtp, inbound))
+        channel.services.append(SmtpListener(config.smtp, inbound, gateway.metrics))
     for mailbox in config.imap:
         channel.services.append(MailboxWatcher(mailbox, inbound, gateway.spool))
     return channel

@@ -27,6 +27,7 @@ from normalizer import email as mail
 if TYPE_CHECKING:
     from channels.email import SmtpListenerConfig
     from channels.email.inbound import Inbound
+    from intake.metrics import Metrics
 
 log = logging.getLogger("intake.email.smtp")
 
@@ -65,9 +66,10 @@ class _Session(SMTP):
 class SmtpListener:
     """A gateway service; also the aiosmtpd handler (its ``handle_*`` hooks), as aiosmtpd expects."""
 
-    def __init__(self, config: SmtpListenerConfig, inbound: Inbound) -> None:
+    def __init__(self, config: SmtpListenerConfig, inbound: Inbound, metrics: Metrics | None = None) -> None:
         self._config = config
         self._inbound = inbound
+        self._metrics = metrics
         self._addresses = {entry for entry in config.accept if "@" in entry}
         self._domains = {entry for entry in config.accept if "@" not in entry}
         self._server: asyncio.Server | None = None
@@ -173,6 +175,8 @@ class SmtpListener:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         if not self.accepts(address):
+            if self._metrics is not None:
+                self._metrics.refused.labels(channel="email", status="550").inc()
             return NOT_OURS
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
