@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping
@@ -89,8 +90,14 @@ class WebFormConfig(BaseModel):
     enabled: bool = Field(False, description="Serve the complaint form at /complaint.")
     csrf_secret: SecretStr | None = Field(
         None,
-        description="Key of the form's CSRF tokens (at least 32 characters). Unset, each process generates one at start: "
+        description="Key of the form's CSRF tokens (at least 32 characters). Unset, one is generated at the first start and "
+        "kept beside the spool (web-form-csrf.key), so a restart does not refuse the forms customers are filling in; "
         "set the same value on every replica behind a load balancer, or forms served by one are refused by another.",
+    )
+    privacy_notice_url: str | None = Field(
+        None,
+        pattern=r"^(https?://|/)[^\s<>\"]*$",
+        description="Your privacy notice (an http(s) URL or a path on this site), linked next to the consent box.",
     )
     form_max_age_seconds: int = Field(12 * 3600, ge=300, description="How long a served form can still be sent.")
     trusted_proxy_hops: int = Field(
@@ -186,6 +193,31 @@ class SlidingWindow:
         return None
 
 
+def kept_key(path: Path) -> bytes:
+    """A 32-byte key generated once and kept in ``path`` (owner-only), so that it outlives restarts."""
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = b""
+    if len(key) == 32:
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    # Written aside and renamed: a crash mid-write never leaves a short key that a restart would replace.
+    partial = path.with_name(path.name + ".new")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(key)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+    log.info(
+        "web form CSRF key generated and kept beside the spool; set web_form.csrf_secret when running several replicas",
+        extra={"event": "web_form_csrf_key_generated"},
+    )
+    return key
+
+
 def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
     """Who a request comes from, for rate limiting; an IPv6 client is its /64, which one customer usually holds whole."""
     address = request.remote or ""
@@ -214,8 +246,9 @@ def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
 class Pages:
     """Jinja2 with autoescape and the ``intake`` gettext catalogs; one environment per locale, made on first use."""
 
-    def __init__(self, organisation: str) -> None:
+    def __init__(self, organisation: str, privacy_notice_url: str | None = None) -> None:
         self._organisation = " ".join(organisation.split())
+        self._privacy_notice_url = privacy_notice_url
         self._environments: dict[str, Environment] = {}
 
     def _environment(self, locale: str) -> Environment:
@@ -250,6 +283,7 @@ class Pages:
             direction=text_direction(locale),
             languages=languages,
             organisation=self._organisation,
+            privacy_notice_url=self._privacy_notice_url,
             form_url=f"{PATH}?lang={locale}",
             **context,
         )
@@ -362,6 +396,7 @@ class WebFormChannel:
         attachments: AttachmentStore,
         reply_senders: MutableMapping[str, ReplySender],
         email_domain: str = "localhost",
+        csrf_key_path: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
@@ -374,6 +409,8 @@ class WebFormChannel:
         self._default_locale = negotiate(acknowledgement.default_locale)
         if config.csrf_secret is not None:
             secret = config.csrf_secret.get_secret_value().encode()
+        elif csrf_key_path is not None:
+            secret = kept_key(csrf_key_path)
         else:
             secret = secrets.token_bytes(32)
             log.info(
@@ -382,7 +419,7 @@ class WebFormChannel:
             )
         self._tokens = CsrfTokens(secret, config.form_max_age_seconds, clock)
         self._rate = SlidingWindow(config.rate_limit, config.rate_window_seconds, config.rate_limit_clients)
-        self._pages = Pages(acknowledgement.organisation)
+        self._pages = Pages(acknowledgement.organisation, config.privacy_notice_url)
         public = urlsplit(http.public_base_url) if http.public_base_url else None
         self._public_origin = f"{public.scheme}://{public.netloc}".lower() if public else None
         self._secure = public is not None and public.scheme == "https"

@@ -172,6 +172,7 @@ class Gateway:
                 attachments=self.attachments,
                 reply_senders=self.reply_senders,
                 email_domain=settings.email.relay.domain,
+                csrf_key_path=settings.spool.path.with_name("web-form-csrf.key"),
                 clock=clock,
             )
             self._add_channel_routes("web_form", web_form.routes())
