@@ -96,11 +96,7 @@ class Media:
     @property
     def filename(self) -> str:
         """Twilio's media id (the URL's last segment, ``ME…``) with an extension for its type."""
-        try:
-            path = urlsplit(self.url).path
-        except ValueError:  # "http://[" : not a URL Twilio would post, but it is listed as given
-            path = ""
-        name = path.rstrip("/").rpartition("/")[2] or "media"
+        name = urlsplit(self.url).path.rstrip("/").rpartition("/")[2] or "media"
         extension = mimetypes.guess_extension(self.content_type.split(";")[0].strip()) or ""
         # safe_filename: a forged URL's last segment may be any length and hold any character.
         return safe_filename(name + extension, default="media")
@@ -158,12 +154,28 @@ def channel_of(params: Params) -> Channel:
     return "mms" if _count(params.get("NumMedia")) > 0 else "sms"
 
 
+def _fetchable(url: str) -> bool:
+    """An http(s) URL with a host, short enough for the record to point at: what Twilio's media URLs are."""
+    if len(url) > max_length(Attachment, "location"):
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # "http://[": urlsplit refuses it, and so would every caller that looks at the host
+        return False
+
+
 def media(params: Params) -> list[Media]:
-    """``MediaUrl{N}`` / ``MediaContentType{N}`` for N below ``NumMedia``, in order."""
+    """``MediaUrl{N}`` / ``MediaContentType{N}`` for N below ``NumMedia``, in order.
+
+    A MediaUrl that is no http(s) URL names nothing anyone could fetch: it is
+    left out here (the raw body keeps it), so that the channel, which reads
+    the host of each before copying it, never meets one.
+    """
     listed: list[Media] = []
     for index in range(min(_count(params.get("NumMedia")), 100)):
         url = params.get(f"MediaUrl{index}", "").strip()
-        if url:
+        if url and _fetchable(url):
             content_type = params.get(f"MediaContentType{index}", "").strip() or "application/octet-stream"
             listed.append(Media(url=url, content_type=content_type))
     return listed
@@ -314,7 +326,7 @@ def to_complaint(
         stored = stored or {}
         attachments = [
             stored.get(item.url)
-            or Attachment(filename=item.filename, content_type=item.content_type[:255], location=item.url[:2048])
+            or Attachment(filename=item.filename, content_type=item.content_type[: max_length(Attachment, "content_type")], location=item.url)
             for item in media(params)
         ]
         origin = {
