@@ -93,7 +93,7 @@ HOSTILE_VALUE: st.SearchStrategy[Any] = st.one_of(
     st.dictionaries(st.text(max_size=6), _LEAVES, max_size=3),
     st.integers(min_value=20, max_value=60).map(nested),  # nests just past the normalizers' depth limit
 )
-_OPERATIONS = st.sampled_from(["replace", "replace", "replace", "delete", "add", "deep"])
+_OPERATIONS = st.sampled_from(["replace", "replace", "replace", "delete", "add", "deep", "huge"])
 _NEW_KEY = st.text(max_size=8)
 
 
@@ -129,6 +129,8 @@ def _parent(document: Any, path: tuple[Any, ...]) -> Any:
 
 _DEPTHS = st.sampled_from([33, 200, 5000, 100_000])
 DEEP = "\x00deep\x00"  # replaced, once serialised, by nesting far deeper than json.dumps could write
+# Replaced by an integer of more digits than Python converts (4300): json.loads raises ValueError, json.dumps cannot write it.
+HUGE = "\x00huge\x00"
 
 
 @st.composite
@@ -145,8 +147,8 @@ def mutated(draw: st.DrawFn, base: Any, extra_keys: list[str] | None = None) -> 
         operation = draw(_OPERATIONS)
         if operation == "replace":
             parent[path[-1]] = draw(HOSTILE_VALUE)
-        elif operation == "deep":
-            parent[path[-1]] = DEEP
+        elif operation in ("deep", "huge"):
+            parent[path[-1]] = DEEP if operation == "deep" else HUGE
         elif operation == "delete":
             if isinstance(parent, dict):
                 del parent[path[-1]]
@@ -168,7 +170,7 @@ def serialised(draw: st.DrawFn, document: Any) -> bytes:
     if deep in raw:
         depth = draw(_DEPTHS)
         raw = raw.replace(deep, b"[" * depth + b"]" * depth)
-    return raw
+    return raw.replace(json.dumps(HUGE).encode(), b"9" * 5000)
 
 
 # --- what must come out ------------------------------------------------------------------
