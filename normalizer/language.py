@@ -27,3 +27,18 @@ def model() -> "LanguageIdentifier":
 
                 _loaded.append(LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True))
     return _loaded[0]
+
+
+# Below this many letters a guess is a coin toss ("ok", "merci", an order number).
+_MIN_LETTERS = 12
+# The start of a long text says its language; the model's time grows with the text.
+_SAMPLE = 2000
+
+
+def detect(text: str, *, confidence: float = 0.8) -> str | None:
+    """The text's language (ISO 639-1) when the model is confident of it, else None."""
+    sample = text[:_SAMPLE]
+    if sum(char.isalpha() for char in sample) < _MIN_LETTERS:
+        return None
+    best, probability = model().classify(sample)
+    return best if probability >= confidence else None

@@ -10,6 +10,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from normalizer.bounds import as_invalid_message, load_json
+from normalizer import language
 from normalizer.errors import FieldError, InvalidMessage, field_errors
 from normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
 from normalizer.reference import parse_reference
@@ -134,7 +135,8 @@ def to_complaint(raw: bytes, *, partner: str, idempotency_key: str, received_at:
             complainant=complainant,
             subject=body.subject,
             text=body.text,
-            language=body.language or who.locale,
+            # What the complaint is written in, which the locale (the language to answer in) need not be.
+            language=body.language or language.detect(body.text),
             product=body.product,
             occurred_at=body.occurred_at,
             desired_outcome=body.desired_outcome,

@@ -344,3 +344,22 @@ async def test_a_body_that_arrives_in_two_segments_is_read_whole(tmp_path: Path,
     [received] = of_type(records, "received")
     assert received.data["reference"] == json.loads(answer)["reference"]
     assert received.data["text"].endswith("in pieces. The end.")
+
+
+def test_the_language_of_a_complaint_is_read_from_its_text_not_copied_from_the_locale():
+    import datetime as dt
+
+    from normalizer import webhook as webhook_normalizer
+
+    def language(body: bytes) -> str | None:
+        complaint = webhook_normalizer.to_complaint(body, partner="acme", idempotency_key="k", received_at=dt.datetime.now(dt.timezone.utc))
+        return complaint.language
+
+    german = "Mein Paket kam beschädigt an, und der Kundendienst hat meine E-Mails seit zwei Wochen nicht beantwortet."
+    # A Polish customer (locale pl, answered in Polish) writing in German: the complaint is in German.
+    assert language(complaint_body(german)) == "de"
+    assert json.loads(complaint_body(german))["complainant"]["locale"] == "pl"
+    # Too short to tell: unknown, not the locale.
+    assert language(complaint_body("ok")) is None
+    # A partner that says what language it is, is believed.
+    assert language(complaint_body(german, language="fr")) == "fr"
