@@ -153,11 +153,9 @@ async def assert_nothing_lost(bootstrap: str, topic: str, ledger: Ledger) -> Non
 
 # --- the partner webhook ----------------------------------------------------------------------
 
-WEBHOOK_BODY = st.one_of(
-    st.sampled_from(WEBHOOK_BODIES).flatmap(lambda body: mutated(body, WEBHOOK_KEYS)).flatmap(serialised),
-    json_shapes(WEBHOOK_KEYS).flatmap(serialised),
-    st.binary(max_size=300),
-)
+_BROKEN_COMPLAINT = st.sampled_from(WEBHOOK_BODIES).flatmap(lambda body: mutated(body, WEBHOOK_KEYS)).flatmap(serialised)
+# Mostly real complaints broken field by field: random shapes and bytes only ever reach the 4xx answers.
+WEBHOOK_BODY = st.one_of(_BROKEN_COMPLAINT, _BROKEN_COMPLAINT, _BROKEN_COMPLAINT, json_shapes(WEBHOOK_KEYS).flatmap(serialised), st.binary(max_size=300))
 
 
 def test_the_webhook_answers_any_signed_body_without_a_5xx_and_loses_nothing(tmp_path: Path, kafka, topic, loop: Loop, record_property):
@@ -175,9 +173,11 @@ def test_the_webhook_answers_any_signed_body_without_a_5xx_and_loses_nothing(tmp
             # The webhook refuses invalid content with 4xx; a 202 is a record.
             ledger.took(f"webhook:{webhook.channel_message_id(PARTNER, key)}", "record")
 
-    fuzz_requests(loop, WEBHOOK_BODY, send, 300)
-    loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
-    ledger.report(record_property, "webhook")
+    try:
+        fuzz_requests(loop, WEBHOOK_BODY, send, 300)
+        loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
+    finally:
+        ledger.report(record_property, "webhook")  # the figures of a failed run count too
     assert ledger.statuses[202] > 0 and sum(n for status, n in ledger.statuses.items() if 400 <= status < 500) > 0
 
 
@@ -242,9 +242,11 @@ def test_the_telegram_webhook_answers_any_update_without_a_5xx_and_loses_nothing
             if taken is not None:
                 ledger.took(*taken)
 
-    fuzz_requests(loop, TELEGRAM_BODY, send, 300)
-    loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
-    ledger.report(record_property, "telegram")
+    try:
+        fuzz_requests(loop, TELEGRAM_BODY, send, 300)
+        loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
+    finally:
+        ledger.report(record_property, "telegram")  # the figures of a failed run count too
     assert ledger.statuses[200] > 0 and len(ledger.taken) > 0
 
 
@@ -305,9 +307,11 @@ def test_twilio_answers_any_signed_post_without_a_5xx_and_loses_nothing(tmp_path
             if taken is not None:
                 ledger.took(*taken)
 
-    fuzz_requests(loop, twilio_request(), send, 300)
-    loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
-    ledger.report(record_property, "twilio")
+    try:
+        fuzz_requests(loop, twilio_request(), send, 300)
+        loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
+    finally:
+        ledger.report(record_property, "twilio")  # the figures of a failed run count too
     assert ledger.statuses[200] > 0 and len(ledger.taken) > 0
 
 
@@ -390,7 +394,9 @@ def test_the_web_form_answers_any_submission_without_a_5xx_and_loses_nothing(tmp
             assert Page(html).by_id("reference").text
             ledger.took(f"web:{submission_id}", "record")
 
-    fuzz_requests(loop, SUBMISSION, send, 250)
-    loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
-    ledger.report(record_property, "web_form")
+    try:
+        fuzz_requests(loop, SUBMISSION, send, 250)
+        loop.run(assert_nothing_lost(kafka.bootstrap, topic, ledger))
+    finally:
+        ledger.report(record_property, "web_form")  # the figures of a failed run count too
     assert ledger.statuses[200] > 0 and ledger.statuses[422] > 0
