@@ -168,3 +168,246 @@ def test_compose_runs_the_kafka_of_the_pom_and_keeps_its_data_on_the_volume(yaml
     _, final = dockerfile_stages()
     spool = Path(dockerfile_env(final)["INTAKE_SPOOL__PATH"]).parent
     assert str(spool) in {volume.split(":")[1] for volume in compose["services"]["intake"]["volumes"]}
+
+
+# --- the Helm chart --------------------------------------------------------------------------------------
+
+EVERYTHING_ON = (
+    "--set", "replicaCount=3",
+    "--set", "smtp.enabled=true",
+    "--set", "secrets.existingSecret=intake-secrets",
+    "--set", "attachments.existingClaim=intake-attachments",
+    "--set", "persistence.storageClassName=fast",
+    "--set", "serviceMonitor.enabled=true",
+)  # fmt: skip
+VALUE_SETS = {"defaults": (), "everything on": EVERYTHING_ON}
+
+
+def helm_template(*arguments: str, kube_version: str = KUBERNETES_VERSIONS[-1]) -> subprocess.CompletedProcess[str]:
+    return run(tool("helm"), "template", "intake", str(CHART), "--kube-version", kube_version, *arguments)
+
+
+@pytest.fixture(scope="session")
+def render(yaml_documents: Callable[[str], list[dict]]) -> Callable[..., list[dict]]:
+    def render(*arguments: str) -> list[dict]:
+        result = helm_template(*arguments)
+        assert result.returncode == 0, result.stderr
+        return yaml_documents(result.stdout)
+
+    return render
+
+
+def values_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "values.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def only(documents: list[dict], kind: str) -> dict:
+    (found,) = [document for document in documents if document["kind"] == kind]
+    return found
+
+
+def pod(documents: list[dict]) -> dict:
+    return only(documents, "StatefulSet")["spec"]["template"]["spec"]
+
+
+def gateway(documents: list[dict]) -> dict:
+    (container,) = pod(documents)["containers"]
+    return container
+
+
+def env(container: dict) -> dict[str, str]:
+    return {variable["name"]: variable["value"] for variable in container["env"]}
+
+
+def mounts(container: dict) -> dict[str, dict]:
+    return {mount["name"]: mount for mount in container["volumeMounts"]}
+
+
+def config_of(documents: list[dict]) -> dict:
+    return tomllib.loads(only(documents, "ConfigMap")["data"]["intake.toml"])
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_the_chart_lints(values: tuple[str, ...]):
+    result = run(tool("helm"), "lint", "--strict", str(CHART), "--kube-version", KUBERNETES_VERSIONS[-1], *values)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kube_version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_the_chart_renders_objects_valid_for_kubernetes(values: tuple[str, ...], kube_version: str, yaml_documents):
+    manifests = helm_template(*values, kube_version=kube_version)
+    assert manifests.returncode == 0, manifests.stderr
+    documents = yaml_documents(manifests.stdout)
+    result = kubeconform(manifests.stdout, kube_version)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = [document for document in documents if document["kind"] != "ServiceMonitor"]
+    assert f"Valid: {len(checked)}, Invalid: 0, Errors: 0" in result.stdout, result.stdout
+
+
+def kubeconform(manifests: str, kube_version: str) -> subprocess.CompletedProcess[str]:
+    location = str(SCHEMAS / "{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}" / "{{ .ResourceKind }}{{ .KindSuffix }}.json")
+    if not (SCHEMAS / f"v{kube_version}-local-strict").is_dir():
+        pytest.skip(f"no Kubernetes {kube_version} schemas in {SCHEMAS}: scripts/deploy-tools fetches them")
+    return run(
+        tool("kubeconform"), "-strict", "-summary", "-kubernetes-version", kube_version, "-schema-location", location,
+        # A CRD of prometheus-operator, whose schema Kubernetes does not ship; test_the_service_monitor_... checks it.
+        "-skip", "monitoring.coreos.com/v1/ServiceMonitor", "-", stdin=manifests,
+    )  # fmt: skip
+
+
+def test_kubeconform_refuses_a_field_kubernetes_does_not_know():
+    manifests = helm_template().stdout
+    assert "readOnlyRootFilesystem: true" in manifests
+    result = kubeconform(manifests.replace("readOnlyRootFilesystem: true", "readOnlyRootFileSystem: true"), KUBERNETES_VERSIONS[-1])
+    assert result.returncode != 0 and "readOnlyRootFileSystem" in result.stdout
+
+
+def test_each_replica_has_its_own_spool_claim(render):
+    documents = render()
+    kinds = {document["kind"] for document in documents}
+    assert "StatefulSet" in kinds and "Deployment" not in kinds
+    statefulset = only(documents, "StatefulSet")["spec"]
+    (claim,) = statefulset["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    spool = Path(env(gateway(documents))["INTAKE_SPOOL__PATH"])
+    assert mounts(gateway(documents))["spool"]["mountPath"] == str(spool.parent)
+    # A removed replica's claim may still hold complaints.
+    assert statefulset["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    headless = next(document for document in documents if document["kind"] == "Service" and document["metadata"]["name"] == statefulset["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_the_pod_runs_as_user_10001_with_nothing_writable_but_its_volumes(render):
+    documents = render(*EVERYTHING_ON)
+    assert pod(documents)["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+        "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    container = gateway(documents)
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+    }  # fmt: skip
+    writable = {name for name, mount in mounts(container).items() if not mount.get("readOnly")}
+    assert writable == {"spool", "tmp", "attachments"}
+    assert env(container)["INTAKE_ATTACHMENTS__DIRECTORY"] == mounts(container)["attachments"]["mountPath"]
+    _, final = dockerfile_stages()
+    assert [arguments for instruction, arguments in final if instruction == "USER"][-1] == "10001:10001"  # the image agrees
+
+
+def test_liveness_is_healthz_and_readiness_is_readyz_on_the_gateway_port(render):
+    container = gateway(render())
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": int(env(container)["INTAKE_HTTP__PORT"])} == {"http": 8080}
+    for probe, path in (("livenessProbe", "/healthz"), ("startupProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert all(set(container["resources"][kind]) == {"cpu", "memory"} for kind in ("requests", "limits"))
+
+
+def test_the_grace_period_outlasts_the_drain_and_the_flush(render, tmp_path: Path):
+    documents = render()
+    config = config_of(documents)
+    assert pod(documents)["terminationGracePeriodSeconds"] > config["drain_seconds"] + config["shutdown_grace_seconds"]
+    refused = helm_template("--set", "terminationGracePeriodSeconds=17")  # = 2 + 15
+    assert refused.returncode != 0 and "terminationGracePeriodSeconds" in refused.stderr
+    longer_flush = values_file(tmp_path, "config: |\n  shutdown_grace_seconds = 40\n")
+    assert helm_template("-f", longer_flush).returncode != 0
+    assert helm_template("-f", longer_flush, "--set", "terminationGracePeriodSeconds=45").returncode == 0
+
+
+def test_the_gateway_accepts_the_configuration_the_chart_gives_it(render, tmp_path: Path):
+    documents = render(*EVERYTHING_ON)
+    container = gateway(documents)
+    variables = env(container)
+    config_mount = next(mount for mount in container["volumeMounts"] if mount["name"] == "config")
+    assert variables["INTAKE_CONFIG"] == f"{config_mount['mountPath']}/intake.toml"
+    assert variables["INTAKE_SECRETS_DIR"] == mounts(container)["secrets"]["mountPath"] == "/run/secrets/intake"
+    secret = next(volume for volume in pod(documents)["volumes"] if volume["name"] == "secrets")["secret"]
+    assert secret["secretName"] == "intake-secrets"
+    # The pod's files, here: the ConfigMap's TOML, and a Secret key named like the variable it sets.
+    (tmp_path / "intake.toml").write_text(only(documents, "ConfigMap")["data"]["intake.toml"])
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "INTAKE_WEBHOOK__PARTNERS").write_text('{"acme": {"secrets": ["acme-secret-0123456789abcdef"]}}\n')
+    result = intake_cli("check-config", env={**variables, "INTAKE_CONFIG": str(tmp_path / "intake.toml"), "INTAKE_SECRETS_DIR": str(secrets)})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.partition("\n")[2])
+    assert summary["http"] == "0.0.0.0:8080"
+    assert summary["spool"] == variables["INTAKE_SPOOL__PATH"]
+    assert summary["kafka"] == config_of(documents)["kafka"]["bootstrap_servers"]
+    assert summary["channels"]["email_smtp"] == "0.0.0.0:2525"
+    assert summary["webhook_partners"] == ["acme"]
+
+
+def test_service_links_are_off_as_the_gateway_would_take_them_for_options(render):
+    # What Kubernetes adds to a pod for a Service named intake: an unknown section, which stops the gateway.
+    result = intake_cli("check-config", env={"INTAKE_PORT": "tcp://10.0.0.1:8080"})
+    assert result.returncode == 2 and "INTAKE_PORT" in result.stderr
+    assert pod(render())["enableServiceLinks"] is False
+
+
+def test_no_secret_is_mounted_unless_one_is_named(render):
+    documents = render()
+    assert "INTAKE_SECRETS_DIR" not in env(gateway(documents))
+    assert "secrets" not in mounts(gateway(documents))
+
+
+def test_the_smtp_port_is_served_only_when_the_listener_is_on(render):
+    def ports(documents: list[dict]) -> dict[str, int]:
+        service = next(document for document in documents if document["kind"] == "Service" and not document["spec"].get("clusterIP"))
+        return {port["name"]: port["port"] for port in service["spec"]["ports"]}
+
+    assert ports(render()) == {"http": 8080}
+    documents = render("--set", "smtp.enabled=true")
+    assert ports(documents) == {"http": 8080, "smtp": 2525}
+    container = gateway(documents)
+    assert {port["name"]: port["containerPort"] for port in container["ports"]}["smtp"] == int(env(container)["INTAKE_EMAIL__SMTP__PORT"])
+    assert env(container)["INTAKE_EMAIL__SMTP__ENABLED"] == "true"
+
+
+@pytest.mark.parametrize(
+    "pull_channel",
+    [
+        '[[email.imap]]\n  name = "support"\n  host = "imap.example.org"\n  username = "support@example.org"\n',
+        '[telegram]\n  enabled = true\n  mode = "polling"\n',
+        '[telegram]\n  enabled = true\n',  # polling is the default mode
+    ],
+    ids=["imap", "telegram polling", "telegram default"],
+)
+def test_a_pull_channel_is_refused_on_more_than_one_replica(pull_channel: str, tmp_path: Path):
+    values = values_file(tmp_path, "config: |\n  " + pull_channel)
+    refused = helm_template("-f", values)
+    assert refused.returncode != 0 and "one owner" in refused.stderr
+    assert helm_template("-f", values, "--set", "replicaCount=1").returncode == 0, "a release of its own with one replica"
+
+
+def test_telegram_webhooks_scale_with_the_replicas(tmp_path: Path):
+    values = values_file(tmp_path, 'config: |\n  [telegram]\n  enabled = true\n  mode = "webhook"\n')
+    assert helm_template("-f", values, "--set", "replicaCount=3").returncode == 0
+
+
+def test_disruptions_take_one_replica_at_a_time(render):
+    documents = render()
+    budget = only(documents, "PodDisruptionBudget")["spec"]
+    assert budget["maxUnavailable"] == 1
+    labels = only(documents, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_service_monitor_is_off_by_default_and_scrapes_every_replica(render):
+    assert "ServiceMonitor" not in {document["kind"] for document in render()}
+    documents = render("--set", "serviceMonitor.enabled=true")
+    monitor = only(documents, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    (service,) = [
+        document for document in documents if document["kind"] == "Service" and wanted.items() <= document["metadata"]["labels"].items()
+    ]
+    # Not-ready replicas are scraped too, or intake_ready == 0 would never be seen.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
