@@ -411,3 +411,103 @@ def test_the_service_monitor_is_off_by_default_and_scrapes_every_replica(render)
     assert service["spec"]["publishNotReadyAddresses"] is True
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics" and endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+
+
+# --- what the alert rules query ------------------------------------------------------------------------
+
+TARGET_LABELS = {"instance", "job"}  # added by Prometheus to what it scrapes
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Every series name the gateway can expose, the channels' own included, to its labels."""
+    from channels.twilio import TwilioChannel, TwilioConfig
+    from intake.metrics import Metrics
+
+    metrics = Metrics()
+    TwilioChannel(TwilioConfig(), None, None, metrics)  # type: ignore[arg-type]  # registers its counters, nothing else
+    # prometheus_client keeps the sample names (_total, _bucket, ...) of each collector here.
+    return {
+        name: set(collector._labelnames) | ({"le"} if name.endswith("_bucket") else set())
+        for name, collector in metrics.registry._names_to_collectors.items()
+    }
+
+
+def assert_names_what_the_gateway_exports(expression: str, exported: dict[str, set[str]], source: str) -> set[str]:
+    names = set(re.findall(r"\b(intake_\w+)", expression))
+    assert names, f"no intake metric in {expression!r}"
+    for name in names:
+        assert name in exported, f"{name} is not a metric the gateway exports ({expression!r})"
+    labels = set().union(*(exported[name] for name in names)) | TARGET_LABELS
+    for name, selector in re.findall(r"\b(intake_\w+)\{([^}]*)\}", expression):
+        for label, _, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', selector):
+            assert label in exported[name] | TARGET_LABELS, f"{name} has no label {label}"
+            if label not in TARGET_LABELS:
+                assert f'"{value}"' in source, f'no {label}="{value}" anywhere in the code'
+    for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expression):
+        for label in filter(None, (part.strip() for part in grouping.split(","))):
+            assert label in labels, f"{expression!r} groups by {label}, which its metrics do not have"
+    return names
+
+
+@pytest.fixture(scope="module")
+def code() -> tuple[dict[str, set[str]], str]:
+    source = "\n".join(path.read_text() for folder in ("intake", "channels") for path in sorted((REPO / folder).rglob("*.py")))
+    return exported_series(), source
+
+
+ALERTS = DEPLOY / "prometheus" / "intake-alerts.yaml"
+ALERT_TESTS = DEPLOY / "prometheus" / "intake-alerts.test.yaml"
+
+
+@pytest.fixture(scope="module")
+def alert_rules(yaml_documents) -> list[dict]:
+    (rules,) = yaml_documents(ALERTS.read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_the_alert_rules_pass_promtool():
+    result = run(tool("promtool"), "check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_each_alert_fires_on_its_series_and_stays_quiet_before_and_beside_them(alert_rules, yaml_documents):
+    result = run(tool("promtool"), "test", "rules", ALERT_TESTS.name, cwd=ALERT_TESTS.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (tests,) = yaml_documents(ALERT_TESTS.read_text())
+    cases = [case for test in tests["tests"] for case in test["alert_rule_test"]]
+    for rule in alert_rules:
+        expected = [case["exp_alerts"] for case in cases if case["alertname"] == rule["alert"]]
+        assert any(expected), f"no test makes {rule['alert']} fire"
+        assert not all(expected), f"no test shows {rule['alert']} quiet"
+
+
+def test_the_alerts_are_on_metrics_the_gateway_exports(alert_rules, code):
+    exported, source = code
+    for rule in alert_rules:
+        names = assert_names_what_the_gateway_exports(rule["expr"], exported, source)
+        labels = set().union(*(exported[name] for name in names)) | TARGET_LABELS
+        for text in rule["annotations"].values():
+            for label in re.findall(r"\$labels\.(\w+)", text):
+                assert label in labels, f"{rule['alert']} quotes $labels.{label}, which {names} do not have"
+
+
+def test_the_alerts_the_operators_asked_for_are_there(alert_rules):
+    rules = {rule["alert"]: rule for rule in alert_rules}
+    asked = {
+        "IntakeComponentDown": ("intake_component_up == 0", "2m"),
+        "IntakeComponentDegraded": ("intake_component_degraded == 1", "10m"),
+        "IntakeNotReady": ("intake_ready == 0", None),
+        "IntakeSpoolNotWritable": ("intake_spool_writable == 0", None),
+        "IntakePublishLag": ("intake_publish_lag_seconds > 300", None),
+        "IntakeSpoolFilling": ("intake_spool_pending_bytes", None),
+        "IntakeDeadLetters": ('increase(intake_received_total{outcome="dead_lettered"}[1h]) > 0', None),
+        "IntakeAcknowledgementFailures": ('increase(intake_acknowledgements_total{outcome="failed"}[1h]) > 0', None),
+        "IntakeKafkaDown": ("intake_kafka_up == 0", "5m"),
+    }
+    assert set(rules) == set(asked)
+    for name, (expression, duration) in asked.items():
+        assert expression in rules[name]["expr"], name
+        if duration:
+            assert rules[name]["for"] == duration, name
+    assert "intake_spool_pending_events" in rules["IntakeSpoolFilling"]["expr"]
+
