@@ -413,7 +413,7 @@ def test_the_service_monitor_is_off_by_default_and_scrapes_every_replica(render)
     assert endpoint["path"] == "/metrics" and endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
 
 
-# --- what the alert rules query ------------------------------------------------------------------------
+# --- what the alert rules and the dashboard query --------------------------------------------------------
 
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to what it scrapes
 
@@ -511,3 +511,50 @@ def test_the_alerts_the_operators_asked_for_are_there(alert_rules):
             assert rules[name]["for"] == duration, name
     assert "intake_spool_pending_events" in rules["IntakeSpoolFilling"]["expr"]
 
+
+DASHBOARD = DEPLOY / "grafana" / "intake-dashboard.json"
+
+
+def dashboard_panels() -> list[dict]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
+def test_the_dashboard_queries_a_prometheus_chosen_on_import():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert [item["name"] for item in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    datasource = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    panels = dashboard_panels()
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    for panel in panels:
+        assert panel["datasource"] == datasource, panel["title"]
+        assert panel["targets"] and all(target["datasource"] == datasource for target in panel["targets"]), panel["title"]
+
+
+def test_every_dashboard_query_parses_and_is_on_metrics_the_gateway_exports(code, tmp_path: Path):
+    exported, source = code
+    expressions = [target["expr"] for panel in dashboard_panels() for target in panel["targets"]]
+    # Grafana's variables as Grafana would fill them in, then PromQL's own parser, through promtool.
+    filled = [expression.replace("$__rate_interval", "5m").replace("$instance", ".*") for expression in expressions]
+    assert not any("$" in expression for expression in filled), "a dashboard variable this test does not fill in"
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{n}", "expr": e} for n, e in enumerate(filled)]}]}
+    (tmp_path / "dashboard-queries.yaml").write_text(json.dumps(rules))  # JSON is YAML
+    result = run(tool("promtool"), "check", "rules", str(tmp_path / "dashboard-queries.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for expression in filled:
+        assert_names_what_the_gateway_exports(expression, exported, source)
+
+
+def test_the_dashboard_shows_what_operators_asked_for():
+    queried = " ".join(target["expr"] for panel in dashboard_panels() for target in panel["targets"])
+    for metric in (
+        "intake_received_total", "intake_acknowledgement_latency_seconds_bucket", "intake_published_total",
+        "intake_publish_failures_total", "intake_publish_lag_seconds", "intake_spool_pending_events",
+        "intake_spool_pending_bytes", "intake_component_up", "intake_component_degraded",
+        "intake_component_restarts_total", "intake_ready",
+    ):  # fmt: skip
+        assert re.search(rf"\b{metric}\b", queried), f"no panel shows {metric}"
+    assert "histogram_quantile(0.5," in queried and "histogram_quantile(0.95," in queried
+    assert re.search(r"sum by \(channel, outcome\) \(rate\(intake_received_total", queried)
