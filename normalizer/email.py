@@ -33,6 +33,7 @@ from charset_normalizer import from_bytes as detect_charset
 from tnefparse import TNEF
 
 from normalizer import language
+from normalizer.bounds import as_invalid_message, encodable, fit, max_length, repair
 from normalizer.errors import InvalidMessage
 from normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, Flags
 from normalizer.reference import REFERENCE_PATTERN, parse_reference
@@ -161,7 +162,8 @@ _CP50220 = "x-cp50220"
 # Labels that say nothing about the bytes.
 _UNDECLARED = frozenset({"", "unknown-8bit", "x-unknown", "unknown", "8bit", "default", "x-user-defined", "none", "charset"})
 # Python codecs that are text encodings in name only: never run them on a stranger's label.
-_REFUSED_CODECS = frozenset({"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined"})
+# Compared with codecs.lookup()'s own spelling of the name, which has hyphens: "unicode-escape".
+_REFUSED_CODECS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined"})
 # Single-byte Latin labels are often put on UTF-8 text by misconfigured mailers;
 # real Latin-1 text is practically never valid multi-byte UTF-8.
 _MISLABEL_PRONE = re.compile(r"^(us-ascii|ascii|iso-?8859-\d+|iso_8859-\d+|latin-?\d|windows-125\d|cp125\d)$")
@@ -488,7 +490,8 @@ def _base64(data: bytes) -> bytes | None:
 
 # --------------------------------------------------------------------------- MIME parameters
 
-_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+# RFC 6838 §4.2: type and subtype names are at most 127 characters each (and the record takes 255 in all).
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,127}/[a-z0-9!#$&^_.+-]{1,127}")
 
 
 def _header_string(raw: bytes | None, hint: str | None) -> str:
@@ -1448,13 +1451,53 @@ def parse(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMail:
     """
     _check_is_mail(raw)
     try:
-        return _parse(raw, envelope_sender)
+        return _repaired(_parse(raw, envelope_sender), raw)
     except RecursionError:
         raise InvalidMessage("the message nests its parts too deeply to be read") from None
     except (ValueError, TypeError, LookupError, UnicodeError, AttributeError, IndexError, binascii.Error) as error:
         # A failure here is a bug to fix, not the sender's fault: the channel
         # dead-letters the raw message, and it is replayed once fixed.
         raise InvalidMessage(f"the message could not be read ({type(error).__name__})") from error
+
+
+def _repaired(parsed: ParsedMail, raw: bytes) -> ParsedMail:
+    """Every text the parser made, fit for UTF-8: codecs such as UTF-7 and surrogate-escaped 8-bit bytes leave lone surrogates.
+
+    Text is repaired (one U+FFFD for each); an address or a Message-ID that
+    UTF-8 cannot carry is dropped instead, as a repaired one would name
+    someone or something else. Without its Message-ID the message is named by
+    its bytes, as one that has none: repaired ids of two messages could be
+    equal, and the second would be taken for a redelivery of the first. The
+    channel keys the spool on that name and stores attachments under their
+    names before the record is made.
+    """
+
+    def identifier(value: str | None) -> str | None:
+        return value if value is None or encodable(value) else None
+
+    message_id = identifier(parsed.message_id)
+    channel_message_id = parsed.channel_message_id if encodable(parsed.channel_message_id) else "sha256:" + hashlib.sha256(raw).hexdigest()
+    return replace(
+        parsed,
+        message_id=message_id,
+        channel_message_id=channel_message_id,
+        sender=identifier(parsed.sender),
+        sender_name=repair(parsed.sender_name) if parsed.sender_name is not None else None,
+        reply_to=identifier(parsed.reply_to),
+        subject=repair(parsed.subject),
+        text=repair(parsed.text),
+        full_text=repair(parsed.full_text),
+        automated=repair(parsed.automated) if parsed.automated is not None else None,
+        references=[reference for reference in parsed.references if encodable(reference)],
+        attachments=[
+            replace(
+                attachment,
+                filename=repair(attachment.filename) if isinstance(attachment.filename, str) else None,
+                content_id=identifier(attachment.content_id),
+            )
+            for attachment in parsed.attachments
+        ],
+    )
 
 
 def _parse(raw: bytes, envelope_sender: str | None) -> ParsedMail:
@@ -1519,21 +1562,6 @@ def _parse(raw: bytes, envelope_sender: str | None) -> ParsedMail:
 # --------------------------------------------------------------------------- the record
 
 
-def _max_length(name: str, model: type = Complaint) -> int:
-    # The limits are declared once, on the record's fields; read them there.
-    for constraint in model.model_fields[name].metadata:
-        limit = getattr(constraint, "max_length", None)
-        if isinstance(limit, int):
-            return limit
-    raise LookupError(f"{model.__name__}.{name} has no length limit")
-
-
-def _fit(text: str | None, limit: int) -> tuple[str | None, bool]:
-    if text is None or len(text) <= limit:
-        return text, False
-    return text[:limit], True
-
-
 def to_complaint(
     parsed: ParsedMail,
     raw: bytes,
@@ -1542,31 +1570,39 @@ def to_complaint(
     attachments: list[Attachment],
     origin: dict[str, str],
 ) -> Complaint:
-    """The record of a parsed message; ``attachments`` are the ones the channel stored, in order."""
-    text, text_cut = _fit(parsed.text, _max_length("text"))
-    full_text, full_cut = _fit(parsed.full_text if parsed.full_text != parsed.text else None, _max_length("full_text"))
-    subject, _subject_cut = _fit(parsed.subject or None, _max_length("subject"))
-    name, _name_cut = _fit(parsed.sender_name, _max_length("name", Complainant))
-    email = parsed.sender if parsed.sender and len(parsed.sender) <= _max_length("email", Complainant) else None
-    reason, _reason_cut = _fit(parsed.automated, _max_length("automated_reason", Flags))
-    return Complaint.derive(
-        channel="email",
-        channel_message_id=parsed.channel_message_id,
-        raw=raw,
-        raw_media_type=MEDIA_TYPE,
-        received_at=received_at,
-        complainant=Complainant(
-            name=name,
-            email=email,
-            preferred_contact="email" if email else None,
-            locale=parsed.language,
-        ),
-        subject=subject,
-        text=text or "",
-        full_text=full_text,
-        language=parsed.language,
-        follows_up=parsed.follows_up,
-        attachments=attachments,
-        flags=Flags(automated=parsed.automated is not None, automated_reason=reason, truncated=text_cut or full_cut),
-        origin=origin,
-    )
+    """The record of a parsed message; ``attachments`` are the ones the channel stored, in order.
+
+    Whatever the record cannot take after the texts are cut to its limits (a
+    ParsedMail not made by :func:`parse`, more attachments than a record
+    holds) raises InvalidMessage, for the channel to dead-letter.
+    """
+    text, text_cut = fit(repair(parsed.text), max_length(Complaint, "text"))
+    full_text, full_cut = fit(repair(parsed.full_text) if parsed.full_text != parsed.text else None, max_length(Complaint, "full_text"))
+    subject, _subject_cut = fit(repair(parsed.subject) or None, max_length(Complaint, "subject"))
+    name, _name_cut = fit(repair(parsed.sender_name) if parsed.sender_name else None, max_length(Complainant, "name"))
+    sender = parsed.sender if parsed.sender and encodable(parsed.sender) else None
+    email = sender if sender and len(sender) <= max_length(Complainant, "email") else None
+    reason, _reason_cut = fit(repair(parsed.automated) if parsed.automated else None, max_length(Flags, "automated_reason"))
+    language = parsed.language if parsed.language and _BCP47.fullmatch(parsed.language) else None
+    with as_invalid_message():
+        return Complaint.derive(
+            channel="email",
+            channel_message_id=parsed.channel_message_id,
+            raw=raw,
+            raw_media_type=MEDIA_TYPE,
+            received_at=received_at,
+            complainant=Complainant(
+                name=name,
+                email=email,
+                preferred_contact="email" if email else None,
+                locale=language,
+            ),
+            subject=subject,
+            text=text or "",
+            full_text=full_text,
+            language=language,
+            follows_up=parsed.follows_up,
+            attachments=attachments,
+            flags=Flags(automated=parsed.automated is not None, automated_reason=reason, truncated=text_cut or full_cut),
+            origin=origin,
+        )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -27,3 +29,11 @@ class InvalidMessage(Exception):
 
     def __str__(self) -> str:
         return self.detail
+
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    """pydantic's errors as FieldErrors: the dotted path of each wrong field and what is wrong with it."""
+    return [
+        FieldError(".".join(str(part) for part in item["loc"]) or "(body)", item["msg"])
+        for item in error.errors(include_url=False)
+    ]

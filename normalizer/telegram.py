@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from telegram import Message, Update
 
 from intake.attachments import safe_filename
-from normalizer.errors import FieldError, InvalidMessage
-from normalizer.record import BCP47_PATTERN, Attachment, Channel, Complainant, Complaint, Flags
+from normalizer.bounds import as_invalid_message, fit, load_json, max_length
+from normalizer.errors import FieldError, InvalidMessage, field_errors
+from normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Channel, Complainant, Complaint, Flags
 from normalizer.reference import parse_reference
 
 MEDIA_TYPE = "application/json"
@@ -23,6 +24,7 @@ CHANNEL: Channel = "telegram"
 COMMANDS = frozenset({"start", "help"})
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@[A-Za-z0-9_]{1,64})?(?:\s|$)")
 _BCP47 = re.compile(BCP47_PATTERN)
+_E164 = re.compile(E164_PATTERN)
 
 Kind = Literal["complaint", "command", "ignored"]
 
@@ -51,19 +53,109 @@ class TelegramFile:
         return f"tg-file:{self.file_id}"
 
 
+# --- the shape of what is read ---------------------------------------------------------
+#
+# PTB's de_json trusts the Bot API: it does not check types, and a message
+# without a chat, a text that is a number or a date past the year 9999 come out
+# as AttributeError, TypeError or OverflowError wherever the field is first
+# used, the channel included. Every field intake reads is checked here first,
+# strictly (no "5" for 5, no true for 1), within the ranges Telegram uses.
+
+_Id = Annotated[int, Field(strict=True, ge=-(2**63), lt=2**63)]  # Telegram's ids fit a signed 64-bit integer
+_Size = Annotated[int, Field(strict=True, ge=0, lt=2**63)]
+# Unix seconds: Telegram writes 32-bit dates; anything past that is not from it (and past 9999 not a datetime at all).
+_Date = Annotated[int, Field(strict=True, ge=0, lt=2**32)]
+_Name = Annotated[str, Field(strict=True)]
+_Handle = Annotated[str, Field(strict=True, min_length=1, max_length=1024)]  # file ids, chat types: short in practice
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class _User(_Shape):
+    id: _Id
+    is_bot: bool
+    first_name: _Name
+    last_name: _Name | None = None
+    language_code: _Name | None = None
+
+
+class _Chat(_Shape):
+    id: _Id
+    type: _Handle
+
+
+class _File(_Shape):
+    file_id: _Handle
+    file_unique_id: _Handle
+    file_size: _Size | None = None
+    mime_type: _Name | None = None
+    file_name: _Name | None = None
+
+
+class _PhotoSize(_File):
+    width: _Size
+    height: _Size
+
+
+class _Contact(_Shape):
+    phone_number: _Name
+    first_name: _Name
+    user_id: _Id | None = None
+
+
+class _Quote(_Shape):
+    text: _Name
+
+
+class _Message(_Shape):
+    message_id: _Id
+    date: _Date
+    chat: _Chat
+    from_user: _User | None = Field(None, alias="from")
+    text: _Name | None = None
+    caption: _Name | None = None
+    photo: list[_PhotoSize] | None = None
+    document: _File | None = None
+    audio: _File | None = None
+    voice: _File | None = None
+    video: _File | None = None
+    video_note: _File | None = None
+    animation: _File | None = None
+    contact: _Contact | None = None
+    quote: _Quote | None = None
+    reply_to_message: _Message | None = None
+    edit_date: _Date | None = None
+
+
+class _Update(_Shape):
+    update_id: _Id
+    message: _Message | None = None
+    edited_message: _Message | None = None
+
+
 def parse(raw: bytes) -> Update:
-    """The Update as PTB reads it; InvalidMessage when the bytes are not one."""
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidMessage("the update is not JSON", [FieldError("(body)", str(error))]) from None
-    if not isinstance(document, dict) or not isinstance(document.get("update_id"), int):
+    """The Update as PTB reads it; InvalidMessage when the bytes are not one.
+
+    Once this returns, every field that :func:`classify`, :func:`files`,
+    :func:`channel_message_id` and :func:`to_complaint` read has the type and
+    range they expect: the channel calls them before the record is made.
+    """
+    document = load_json(raw)
+    # type() rather than isinstance(): true is an int to isinstance, and no update_id.
+    if not isinstance(document, dict) or type(document.get("update_id")) is not int:
         raise InvalidMessage("not a Telegram Update", [FieldError("update_id", "an Update is an object with an integer update_id")])
     try:
+        _Update.model_validate(document)
+    except ValidationError as error:
+        raise InvalidMessage("the Update has invalid fields", field_errors(error)) from None
+    try:
         return Update.de_json(document, None)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        # PTB raises these for a missing or mistyped required field of some nested object.
-        raise InvalidMessage("the Update has invalid fields", [FieldError("(body)", f"{type(error).__name__}: {error}")]) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, OSError) as error:
+        # PTB raises these for a missing or mistyped required field of an object not checked above
+        # (an entity, a forward origin); OverflowError and OSError for a date it cannot convert.
+        raise InvalidMessage("the Update has invalid fields", [FieldError("(body)", f"{type(error).__name__}: {error}"[:500])]) from None
 
 
 def classify(update: Update) -> Classified:
@@ -118,12 +210,19 @@ def files(message: Message) -> list[TelegramFile]:
             TelegramFile(
                 item.file_id,
                 item.file_unique_id,
-                getattr(item, "mime_type", None) or default_type,
+                _media_type(getattr(item, "mime_type", None), default_type),
                 getattr(item, "file_name", None),
                 item.file_size,
             )
         )
     return found
+
+
+def _media_type(declared: str | None, default: str) -> str:
+    """The type Telegram names, unless it is longer than the record takes (then it is no media type Telegram knows)."""
+    if declared and len(declared) <= max_length(Attachment, "content_type"):
+        return declared
+    return default
 
 
 def e164(phone: str) -> str | None:
@@ -135,9 +234,10 @@ def e164(phone: str) -> str | None:
         number = phonenumbers.parse(digits, None)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(number):
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if not phonenumbers.is_possible_number(number) or not _E164.fullmatch(formatted):
         return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return formatted
 
 
 def follows_up(message: Message, bot_id: int) -> str | None:
@@ -165,14 +265,15 @@ def complainant(message: Message) -> Complainant:
     if user is None:  # an anonymous group admin or a channel: no person to name
         return Complainant(preferred_contact="telegram")
     name = " ".join(part for part in (user.first_name, user.last_name) if part).strip()
-    locale = user.language_code if user.language_code and _BCP47.match(user.language_code) else None
+    # fullmatch: match() with $ would let "pl\n" through, which the record refuses.
+    locale = user.language_code if user.language_code and _BCP47.fullmatch(user.language_code) else None
     phone = None
     contact = message.contact
     # Someone else's card is a third party's data, not a way to reach the complainant.
     if contact is not None and contact.user_id is not None and contact.user_id == user.id:
         phone = e164(contact.phone_number)
     return Complainant(
-        name=name[:300] or None,
+        name=name[: max_length(Complainant, "name")] or None,
         handle=str(user.id),
         phone=phone,
         preferred_contact="telegram",
@@ -199,28 +300,34 @@ def to_complaint(
     if message is None or classify(update).kind != "complaint":
         raise InvalidMessage("not a complaint", [FieldError("message", "an Update with a message that has text, a file or a contact")])
     stored = stored or {}
-    attachments = [
-        stored.get(item.file_unique_id)
-        or Attachment(
-            filename=safe_filename(item.filename) if item.filename else None,
-            content_type=item.content_type,
-            size=item.size,
-            location=item.location,
+    with as_invalid_message():
+        attachments = [
+            stored.get(item.file_unique_id)
+            or Attachment(
+                filename=safe_filename(item.filename) if item.filename else None,
+                content_type=item.content_type,
+                size=item.size,
+                location=item.location,
+            )
+            for item in files(message)
+        ]
+        automated = bool(message.from_user and message.from_user.is_bot)
+        # Telegram allows 4096 characters; a longer text was not sent through it, but is kept, flagged, all the same.
+        whole = message.text or message.caption or ""
+        text, cut = fit(whole, max_length(Complaint, "text"))
+        full_text, _ = fit(whole if cut else None, max_length(Complaint, "full_text"))
+        origin = {"bot": str(bot_id), "chat_type": message.chat.type}
+        return Complaint.derive(
+            channel=CHANNEL,
+            channel_message_id=channel_message_id(message),
+            raw=raw,
+            raw_media_type=MEDIA_TYPE,
+            received_at=received_at,
+            complainant=complainant(message),
+            text=text or "",
+            full_text=full_text,
+            follows_up=follows_up(message, bot_id),
+            attachments=attachments,
+            flags=Flags(automated=automated, automated_reason="sent by a bot" if automated else None, truncated=cut),
+            origin=origin,
         )
-        for item in files(message)
-    ]
-    automated = bool(message.from_user and message.from_user.is_bot)
-    origin = {"bot": str(bot_id), "chat_type": message.chat.type}
-    return Complaint.derive(
-        channel=CHANNEL,
-        channel_message_id=channel_message_id(message),
-        raw=raw,
-        raw_media_type=MEDIA_TYPE,
-        received_at=received_at,
-        complainant=complainant(message),
-        text=message.text or message.caption or "",
-        follows_up=follows_up(message, bot_id),
-        attachments=attachments,
-        flags=Flags(automated=automated, automated_reason="sent by a bot" if automated else None),
-        origin=origin,
-    )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import mimetypes
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -33,9 +34,11 @@ import phonenumbers
 from babel.languages import get_official_languages
 from multidict import MultiDict, MultiDictProxy
 
+from intake.attachments import safe_filename
 from normalizer import language
+from normalizer.bounds import as_invalid_message, fit, max_length
 from normalizer.errors import FieldError, InvalidMessage
-from normalizer.record import Attachment, Channel, Complainant, Complaint, Flags
+from normalizer.record import E164_PATTERN, Attachment, Channel, Complainant, Complaint, Flags
 from normalizer.reference import parse_reference
 
 __all__ = [
@@ -73,10 +76,14 @@ _OPT_OUT_TYPES: dict[str, Keyword] = {"STOP": "opt_out", "START": "opt_in", "HEL
 # An inbound message carries SmsStatus=received; anything else is a delivery report.
 _INBOUND_STATUSES = frozenset({"received", "receiving"})
 
-_MAX_TEXT = 100_000
+_MAX_TEXT = max_length(Complaint, "text")
+_MAX_FULL_TEXT = max_length(Complaint, "full_text")
+_E164 = re.compile(E164_PATTERN)
 _MAX_FIELDS = 1000  # Twilio sends a few dozen; a cap on what a forged body makes us parse
 _TEXT_CONFIDENCE = 0.9
 _TEXT_MIN_LETTERS = 3
+# The model's time grows with the text; an SMS is at most 1600 characters, and the start of a longer text says its language.
+_TEXT_SAMPLE = 3000
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ class Media:
         """Twilio's media id (the URL's last segment, ``ME…``) with an extension for its type."""
         name = urlsplit(self.url).path.rstrip("/").rpartition("/")[2] or "media"
         extension = mimetypes.guess_extension(self.content_type.split(";")[0].strip()) or ""
-        return name + extension
+        # safe_filename: a forged URL's last segment may be any length and hold any character.
+        return safe_filename(name + extension, default="media")
 
 
 def parse(raw: bytes) -> MultiDict[str]:
@@ -146,15 +154,39 @@ def channel_of(params: Params) -> Channel:
     return "mms" if _count(params.get("NumMedia")) > 0 else "sms"
 
 
+def _fetchable(url: str) -> bool:
+    """An http(s) URL with a host, short enough for the record to point at: what Twilio's media URLs are."""
+    if len(url) > max_length(Attachment, "location"):
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # "http://[": urlsplit refuses it, and so would every caller that looks at the host
+        return False
+
+
 def media(params: Params) -> list[Media]:
-    """``MediaUrl{N}`` / ``MediaContentType{N}`` for N below ``NumMedia``, in order."""
+    """``MediaUrl{N}`` / ``MediaContentType{N}`` for N below ``NumMedia``, in order.
+
+    A MediaUrl that is no http(s) URL names nothing anyone could fetch: it is
+    left out here (the raw body keeps it), so that the channel, which reads
+    the host of each before copying it, never meets one.
+    """
     listed: list[Media] = []
     for index in range(min(_count(params.get("NumMedia")), 100)):
         url = params.get(f"MediaUrl{index}", "").strip()
-        if url:
+        if url and _fetchable(url):
             content_type = params.get(f"MediaContentType{index}", "").strip() or "application/octet-stream"
             listed.append(Media(url=url, content_type=content_type))
     return listed
+
+
+def _e164(number: phonenumbers.PhoneNumber | None) -> str | None:
+    """The number in E.164 as the record takes it, or None ("possible" numbers include some the pattern refuses)."""
+    if number is None:
+        return None
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return formatted if _E164.fullmatch(formatted) else None
 
 
 def _sender(params: Params) -> tuple[phonenumbers.PhoneNumber | None, str]:
@@ -189,6 +221,7 @@ def _primary(locale: str) -> str:
 
 def _text_language(text: str, locales: Sequence[str]) -> tuple[str | None, str | None]:
     """(the text's language when confident, the supported locale for it when there is one)."""
+    text = text[:_TEXT_SAMPLE]
     if sum(char.isalpha() for char in text) < _TEXT_MIN_LETTERS:
         return None, None
     ranking = _identifier()(text)
@@ -260,56 +293,62 @@ def to_complaint(
     sid = message_sid(params)
     if sid is None:
         raise InvalidMessage("no MessageSid", [FieldError("MessageSid", "missing")])
+    if len(sid) > max_length(Complaint, "channel_message_id"):
+        # Twilio's ids are 34 characters; cutting one would merge different messages under one id.
+        raise InvalidMessage("MessageSid too long", [FieldError("MessageSid", "longer than any Twilio id")])
     channel = channel_of(params)
     number, address = _sender(params)
-    phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) if number is not None else None
+    phone = _e164(number)
     country = (phonenumbers.region_code_for_number(number) if number is not None else None) or params.get("FromCountry") or None
 
-    text = _text(params)
-    truncated = len(text) > _MAX_TEXT
+    whole = _text(params)
+    text, truncated = fit(whole, _MAX_TEXT)
+    full_text, _ = fit(whole if truncated else None, _MAX_FULL_TEXT)
     language, locale, locale_source = guess_locale(text, country, locales)
-    if channel == "whatsapp":
-        complainant = Complainant(
-            name=params.get("ProfileName", "").strip()[:300] or None,
-            phone=phone,
-            handle=(params.get("WaId", "").strip() or address)[:300],
-            preferred_contact="whatsapp",
-            locale=locale,
-        )
-    else:
-        complainant = Complainant(
-            phone=phone,
-            # Without a number (short code, sender id) the address is the only way back.
-            handle=None if phone else address[:300] or None,
-            preferred_contact="sms",
-            locale=locale,
-        )
+    with as_invalid_message():
+        if channel == "whatsapp":
+            complainant = Complainant(
+                name=params.get("ProfileName", "").strip()[:300] or None,
+                phone=phone,
+                handle=(params.get("WaId", "").strip() or address)[:300],
+                preferred_contact="whatsapp",
+                locale=locale,
+            )
+        else:
+            complainant = Complainant(
+                phone=phone,
+                # Without a number (short code, sender id) the address is the only way back.
+                handle=None if phone else address[:300] or None,
+                preferred_contact="sms",
+                locale=locale,
+            )
 
-    stored = stored or {}
-    attachments = [
-        stored.get(item.url) or Attachment(filename=item.filename, content_type=item.content_type[:255], location=item.url[:2048])
-        for item in media(params)
-    ]
-    origin = {
-        "to": params.get("To", "").strip(),
-        "account_sid": params.get("AccountSid", "").strip(),
-        "messaging_service_sid": params.get("MessagingServiceSid", "").strip(),
-        "num_segments": params.get("NumSegments", "").strip(),
-        "forwarded": "true" if params.get("Forwarded", "").lower() == "true" else "",
-        "locale_source": locale_source,
-    }
-    return Complaint.derive(
-        channel=channel,
-        channel_message_id=sid,
-        raw=raw,
-        raw_media_type=MEDIA_TYPE,
-        received_at=received_at,
-        complainant=complainant,
-        text=text[:_MAX_TEXT],
-        full_text=text if truncated else None,
-        language=language,
-        follows_up=parse_reference(text),
-        attachments=attachments,
-        flags=Flags(truncated=truncated),
-        origin={name: value for name, value in origin.items() if value},
-    )
+        stored = stored or {}
+        attachments = [
+            stored.get(item.url)
+            or Attachment(filename=item.filename, content_type=item.content_type[: max_length(Attachment, "content_type")], location=item.url)
+            for item in media(params)
+        ]
+        origin = {
+            "to": params.get("To", "").strip(),
+            "account_sid": params.get("AccountSid", "").strip(),
+            "messaging_service_sid": params.get("MessagingServiceSid", "").strip(),
+            "num_segments": params.get("NumSegments", "").strip(),
+            "forwarded": "true" if params.get("Forwarded", "").lower() == "true" else "",
+            "locale_source": locale_source,
+        }
+        return Complaint.derive(
+            channel=channel,
+            channel_message_id=sid,
+            raw=raw,
+            raw_media_type=MEDIA_TYPE,
+            received_at=received_at,
+            complainant=complainant,
+            text=text or "",
+            full_text=full_text,
+            language=language,
+            follows_up=parse_reference(text or ""),
+            attachments=attachments,
+            flags=Flags(truncated=truncated),
+            origin={name: value for name, value in origin.items() if value},
+        )

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from pydantic import ValidationError
 
-from normalizer.errors import FieldError, InvalidMessage
-from normalizer.record import Attachment, Complainant, Complaint, ContactMethod
+from normalizer.bounds import as_invalid_message, load_json, max_length, repair
+from normalizer.errors import FieldError, InvalidMessage, field_errors
+from normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, ContactMethod
 
 MEDIA_TYPE = "application/json"
 
@@ -50,6 +52,9 @@ SUBMISSION_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 # Recognised by their first bytes, never by the name or the type the browser claims.
 ATTACHMENT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "application/pdf")
 SNIFF_BYTES = 16
+_BCP47 = re.compile(BCP47_PATTERN)
+# C0 and C1 controls but tab and line feed (carriage returns are line feeds by then): one pass, not one call per character.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def N_(message: str) -> str:
@@ -95,8 +100,8 @@ class Upload:
 
 def clean(value: str) -> str:
     """Browsers send CRLF line ends from a textarea and customers paste control characters: keep text and line breaks."""
-    value = value.replace("\r\n", "\n").replace("\r", "\n")
-    return "".join(char for char in value if char in "\n\t" or not (ord(char) < 32 or 127 <= ord(char) < 160)).strip()
+    value = repair(value).replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROLS.sub("", value).strip()
 
 
 def validate(form: Mapping[str, str], *, today: dt.date, default_region: str | None = None) -> ValidForm:
@@ -233,41 +238,59 @@ def check_attachments(uploads: Sequence[Upload], *, max_count: int, max_bytes: i
 def raw_submission(form: Mapping[str, str], *, locale: str, attachments: Sequence[Attachment]) -> bytes:
     """The raw message spooled for a submission: what the customer typed, the form's language, the files' metadata."""
     document = {
-        "fields": {field: form[field] for field in TEXT_FIELDS if form.get(field)},
+        # repair: json.dumps would pass a lone surrogate through, and encode() then fail on it.
+        "fields": {field: repair(form[field]) for field in TEXT_FIELDS if form.get(field)},
         "locale": locale,
         "attachments": [attachment.model_dump(mode="json", exclude_none=True) for attachment in attachments],
     }
     return json.dumps(document, ensure_ascii=False, sort_keys=True).encode()
 
 
+def _submission(raw: bytes) -> tuple[dict[str, str], str, list[Attachment]]:
+    """(fields, locale, attachments) of a raw submission, each of the type and shape raw_submission writes."""
+    document = load_json(raw)
+    if not isinstance(document, dict):
+        raise InvalidMessage("not a web form submission", [FieldError("(body)", "a JSON object with fields, locale and attachments")])
+    fields, locale, attachments = document.get("fields"), document.get("locale"), document.get("attachments")
+    errors: list[FieldError] = []
+    if not isinstance(fields, dict) or not all(isinstance(value, str) for value in fields.values()):
+        errors.append(FieldError("fields", "an object of the form's text fields"))
+    if not isinstance(locale, str) or not _BCP47.fullmatch(locale):
+        errors.append(FieldError("locale", "a BCP 47 language tag"))
+    if not isinstance(attachments, list) or len(attachments) > max_length(Complaint, "attachments"):
+        errors.append(FieldError("attachments", "a list of attachments, as many as a record holds at most"))
+    if errors:
+        raise InvalidMessage("not a web form submission", errors)
+    try:
+        return fields, locale, [Attachment.model_validate(item) for item in attachments]
+    except ValidationError as error:
+        raise InvalidMessage("not a web form submission", [FieldError(f"attachments.{e.field}", e.detail) for e in field_errors(error)]) from None
+
+
 def to_complaint(raw: bytes, *, submission_id: str, received_at: dt.datetime, default_region: str | None = None) -> Complaint:
     """The record of one form submission; its id and reference follow from the submission id made with the form."""
-    try:
-        document = json.loads(raw)
-        fields, locale = document["fields"], document["locale"]
-        attachments = [Attachment.model_validate(item) for item in document["attachments"]]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        raise InvalidMessage("not a web form submission", [FieldError("(body)", str(error))]) from None
+    fields, locale, attachments = _submission(raw)
     form = validate(fields, today=received_at.date(), default_region=default_region)
-    return Complaint.derive(
-        channel="web",
-        channel_message_id=submission_id,
-        raw=raw,
-        raw_media_type=MEDIA_TYPE,
-        received_at=received_at,
-        complainant=Complainant(
-            name=form.name,
-            email=form.email,
-            phone=form.phone,
-            preferred_contact=form.preferred_contact,
-            locale=locale,
-        ),
-        text=form.description,
-        # The form's language is the one the customer chose to read it in, and so most likely writes in.
-        language=locale,
-        product=form.product,
-        occurred_at=form.occurred_on.isoformat() if form.occurred_on else None,
-        desired_outcome=form.desired_outcome,
-        consent_to_processing=True,
-        attachments=attachments,
-    )
+    with as_invalid_message():
+        return Complaint.derive(
+            channel="web",
+            channel_message_id=submission_id,
+            raw=raw,
+            raw_media_type=MEDIA_TYPE,
+            received_at=received_at,
+            complainant=Complainant(
+                name=form.name,
+                email=form.email,
+                phone=form.phone,
+                preferred_contact=form.preferred_contact,
+                locale=locale,
+            ),
+            text=form.description,
+            # The form's language is the one the customer chose to read it in, and so most likely writes in.
+            language=locale,
+            product=form.product,
+            occurred_at=form.occurred_on.isoformat() if form.occurred_on else None,
+            desired_outcome=form.desired_outcome,
+            consent_to_processing=True,
+            attachments=attachments,
+        )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from normalizer.errors import FieldError, InvalidMessage
-from normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
+from normalizer.bounds import as_invalid_message, load_json
+from normalizer.errors import FieldError, InvalidMessage, field_errors
+from normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
 from normalizer.reference import parse_reference
 
 MEDIA_TYPE = "application/json"
@@ -42,7 +44,8 @@ class PartnerAttachment(BaseModel):
 
     filename: str | None = Field(None, max_length=255)
     content_type: str = Field(..., max_length=255, pattern=r"^[\w.+-]+/[\w.+-]+$")
-    size: int | None = Field(None, ge=0)
+    # Bounded to what a signed 64-bit integer holds: the consumers of the topic are not all Python.
+    size: int | None = Field(None, ge=0, lt=2**63)
     url: str = Field(..., max_length=2048, pattern=r"^https?://")
 
 
@@ -69,6 +72,9 @@ class PartnerComplaint(BaseModel):
         return value
 
 
+_E164 = re.compile(E164_PATTERN)
+
+
 def _e164(phone: str, country: str | None) -> str:
     try:
         number = phonenumbers.parse(phone, country.upper() if country else None)
@@ -76,25 +82,26 @@ def _e164(phone: str, country: str | None) -> str:
         raise InvalidMessage(
             "invalid phone number", [FieldError("complainant.phone", f"not a phone number: {error}")]
         ) from None
-    if not phonenumbers.is_possible_number(number):
+    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    # "Possible" is a length check: it passes numbers whose E.164 form the record still refuses (a country code 0).
+    if not phonenumbers.is_possible_number(number) or not _E164.fullmatch(formatted):
         raise InvalidMessage("invalid phone number", [FieldError("complainant.phone", "not a possible phone number")])
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def _field_errors(error: ValidationError) -> list[FieldError]:
-    return [
-        FieldError(".".join(str(part) for part in item["loc"]) or "(body)", item["msg"])
-        for item in error.errors(include_url=False)
-    ]
+    return formatted
 
 
 def parse(raw: bytes) -> PartnerComplaint:
-    """Validate a partner's body; InvalidMessage names every wrong field."""
+    """Validate a partner's body; InvalidMessage names every wrong field.
+
+    The JSON is read by :func:`load_json`, which repairs lone surrogates (what
+    JavaScript's ``slice`` and ``JSON.stringify`` make of an emoji cut in two)
+    instead of refusing the complaint for them.
+    """
+    document = load_json(raw)
     try:
-        return PartnerComplaint.model_validate_json(raw)
+        return PartnerComplaint.model_validate(document)
     except ValidationError as error:
-        errors = _field_errors(error)
-        if any(item["type"] in ("json_invalid", "model_type") and not item["loc"] for item in error.errors()):
+        errors = field_errors(error)
+        if any(item["type"] == "model_type" and not item["loc"] for item in error.errors()):
             raise InvalidMessage("the body is not a JSON object", [FieldError("(body)", errors[0].detail)]) from None
         raise InvalidMessage("the complaint has invalid fields", errors) from None
 
@@ -108,31 +115,33 @@ def to_complaint(raw: bytes, *, partner: str, idempotency_key: str, received_at:
     """Turn a partner's POST body into a record; the id follows from (partner, Idempotency-Key)."""
     body = parse(raw)
     who = body.complainant
-    complainant = Complainant(
-        name=who.name,
-        email=who.email,
-        phone=_e164(who.phone, who.country) if who.phone else None,
-        handle=who.customer_id,
-        preferred_contact=who.preferred_contact,
-        locale=who.locale or body.language,
-    )
-    return Complaint.derive(
-        channel="webhook",
-        channel_message_id=channel_message_id(partner, idempotency_key),
-        raw=raw,
-        raw_media_type=MEDIA_TYPE,
-        received_at=received_at,
-        complainant=complainant,
-        subject=body.subject,
-        text=body.text,
-        language=body.language or who.locale,
-        product=body.product,
-        occurred_at=body.occurred_at,
-        desired_outcome=body.desired_outcome,
-        follows_up=body.follows_up,
-        attachments=[
-            Attachment(filename=a.filename, content_type=a.content_type, size=a.size, location=a.url)
-            for a in body.attachments
-        ],
-        origin={"partner": partner},
-    )
+    phone = _e164(who.phone, who.country) if who.phone else None
+    with as_invalid_message():
+        complainant = Complainant(
+            name=who.name,
+            email=who.email,
+            phone=phone,
+            handle=who.customer_id,
+            preferred_contact=who.preferred_contact,
+            locale=who.locale or body.language,
+        )
+        return Complaint.derive(
+            channel="webhook",
+            channel_message_id=channel_message_id(partner, idempotency_key),
+            raw=raw,
+            raw_media_type=MEDIA_TYPE,
+            received_at=received_at,
+            complainant=complainant,
+            subject=body.subject,
+            text=body.text,
+            language=body.language or who.locale,
+            product=body.product,
+            occurred_at=body.occurred_at,
+            desired_outcome=body.desired_outcome,
+            follows_up=body.follows_up,
+            attachments=[
+                Attachment(filename=a.filename, content_type=a.content_type, size=a.size, location=a.url)
+                for a in body.attachments
+            ],
+            origin={"partner": partner},
+        )
