@@ -647,3 +647,43 @@ def test_fuzzed_messages_parse_or_are_refused_as_not_mail() -> None:
         mail.to_complaint(message, data, received_at=RECEIVED_AT, attachments=[], origin={})
         outcomes["parsed"] += 1
     assert outcomes["parsed"] > 300, outcomes
+
+
+# --------------------------------------------------------------------------- repairs real readers make
+
+
+def _mail(*header: bytes, body: bytes = b"The kettle leaks.\n") -> bytes:
+    return b"\n".join(header) + b"\n\n" + body
+
+
+PERSON = (b"From: Dana Novak <dana.novak@example.net>", b"To: complaints@example.com", b"Subject: Broken kettle",
+          b"Message-ID: <repair@example.net>")  # fmt: skip
+
+
+def test_unindented_continuation_lines_do_not_end_the_header() -> None:
+    # A spam filter's report folded without indentation: the lines belong to its field, not to the body.
+    data = _mail(
+        b"Received: from mx.example.net by mx.example.com; Tue, 4 Mar 2025 10:00:00 +0100",
+        b"X-Spam-Report: score=2.1",
+        b"dGhpcyBpcyBhIGZvbGRlZCBiYXNlNjQgbGluZQ==",
+        b"c2Vjb25kIGxpbmUgb2YgaXQ=",
+        *PERSON,
+    )
+    message = mail.parse(data)
+    assert (message.sender, message.subject, message.message_id) == ("dana.novak@example.net", "Broken kettle", "<repair@example.net>")
+    assert message.reply_to == "dana.novak@example.net"
+    assert message.text == "The kettle leaks."
+
+
+def test_a_body_that_follows_the_header_without_a_blank_line_stays_the_body() -> None:
+    # No field after the odd line: it is the body a mailer forgot to set apart, as before.
+    data = b"\n".join([*PERSON, b"The kettle leaks.", b"It is new."]) + b"\n"
+    message = mail.parse(data)
+    assert message.subject == "Broken kettle"
+    assert message.text == "The kettle leaks.\nIt is new."
+
+
+@pytest.mark.parametrize("stray", [b"---- Original email message ----", b" " * 255, b"> forwarded by the helpdesk:"])
+def test_a_stray_line_before_a_full_header_section_is_skipped(stray: bytes) -> None:
+    message = mail.parse(_mail(stray, *PERSON))
+    assert (message.sender, message.subject, message.text) == ("dana.novak@example.net", "Broken kettle", "The kettle leaks.")

@@ -213,3 +213,73 @@ def first_mailbox(raw: bytes | None, hint: str | None) -> tuple[str | None, str 
     if names:
         return header_text(names[0].encode("utf-8", "surrogateescape"), hint) or None, None
     return None, None
+
+
+# --------------------------------------------------------------------------- a header section as readers see it
+
+FIELD_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
+MAIL_FIELD_NAMES = frozenset(
+    {b"from", b"sender", b"to", b"cc", b"date", b"subject", b"message-id", b"received", b"return-path", b"mime-version",
+     b"reply-to", b"delivered-to", b"content-type", b"in-reply-to", b"references"}
+)  # fmt: skip
+HEADER_SCAN_LIMIT = 256 * 1024
+_MAX_STRAY_LINES = 3
+
+
+def readable_header_section(raw: bytes) -> bytes:
+    """The message with its header section repaired as mail readers repair it; the body untouched.
+
+    Two breakages end Python's header parsing early and lose sender, subject and
+    Message-ID with it. A line in the header that is neither a field nor
+    indented (a spam filter's report folded without indentation) is taken as the
+    continuation of the field above, as Thunderbird and Dovecot take it, when
+    more fields follow it before the blank line; with none after it, it is the
+    body of a mail that left out the blank line, as before. And up to three
+    stray lines before a full header section (a helpdesk's "---- Original email
+    message ----", a line of spaces) are dropped. The raw message is what is
+    kept and identified; only the reading changes.
+    """
+    head_limit = raw[:HEADER_SCAN_LIMIT]
+    prefix = b""
+    if head_limit.startswith(b"From "):  # an mbox separator line stays what it is
+        line, newline, _rest = head_limit.partition(b"\n")
+        prefix = line + newline
+    start = len(prefix)
+    lines = raw[start:HEADER_SCAN_LIMIT].split(b"\n")
+    header: list[bytes] = []
+    for line in lines:
+        if not line.rstrip(b"\r"):
+            break
+        header.append(line)
+    if not header:
+        return raw
+    fields = [bool(FIELD_LINE.match(line)) for line in header]
+
+    stray = 0
+    while stray < len(header) and stray < _MAX_STRAY_LINES and not fields[stray]:
+        stray += 1
+    if stray and (stray == len(header) or not fields[stray] or not _has_mail_field(header[stray:])):
+        stray = 0  # not a header section after all: left for the not-mail check to judge
+    if stray == 0 and not fields[0]:
+        return raw
+
+    repaired = header[stray:]
+    mended = False
+    for index in range(1, len(repaired)):
+        line = repaired[index]
+        if line[:1] in (b" ", b"\t") or fields[stray + index]:
+            continue
+        if any(fields[stray + index + 1 :]):
+            repaired[index] = b" " + line  # a continuation its writer forgot to indent
+            mended = True
+        else:
+            break  # the body begins here, without its blank line
+    if not stray and not mended:
+        return raw
+    consumed = sum(len(line) + 1 for line in header)  # every header line and its "\n"
+    return prefix + b"\n".join(repaired) + b"\n" + raw[start + consumed :]
+
+
+def _has_mail_field(lines: list[bytes]) -> bool:
+    names = {line.split(b":", 1)[0].strip().lower() for line in lines if FIELD_LINE.match(line)}
+    return bool(names & MAIL_FIELD_NAMES)

@@ -13,7 +13,19 @@ from email.policy import compat32
 
 from normalizer.bounds import as_invalid_message, encodable, fit, max_length, repair
 from normalizer.email.charsets import codecs_for
-from normalizer.email.headers import first_mailbox, has_field, header_string, header_text, literal, parameters, raw_value
+from normalizer.email.headers import (
+    FIELD_LINE,
+    HEADER_SCAN_LIMIT,
+    MAIL_FIELD_NAMES,
+    first_mailbox,
+    has_field,
+    header_string,
+    header_text,
+    literal,
+    parameters,
+    raw_value,
+    readable_header_section,
+)
 from normalizer.email.ids import message_id_of, message_ids_in, reference_from_message_ids, references_of
 from normalizer.email.mime import Body, MailAttachment, walk
 from normalizer.email.quoting import FORWARD_SUBJECT, split_forwarded, strip_history
@@ -81,29 +93,21 @@ def _language(message: Message, text: str) -> str | None:
 
 # --------------------------------------------------------------------------- parse
 
-_FIELD_NAME = re.compile(rb"^[!-9;-~]+[ \t]*:")
-_MAIL_FIELDS = frozenset(
-    {b"from", b"sender", b"to", b"cc", b"date", b"subject", b"message-id", b"received", b"return-path", b"mime-version",
-     b"reply-to", b"delivered-to", b"content-type", b"in-reply-to", b"references"}
-)  # fmt: skip
-_HEADER_SCAN_LIMIT = 256 * 1024
-
-
 def _check_is_mail(raw: bytes) -> None:
     """Refuse what is not a message at all; anything with a plausible header section is read, however odd."""
     if not raw.strip():
         raise InvalidMessage("empty message")
-    head = raw[:_HEADER_SCAN_LIMIT]
+    head = raw[:HEADER_SCAN_LIMIT]
     if head.startswith(b"From "):
         head = head.partition(b"\n")[2]  # an mbox separator line
     header = re.split(rb"\r?\n\r?\n", head, maxsplit=1)[0]
     lines = header.split(b"\n")
-    if not _FIELD_NAME.match(lines[0]):
+    if not FIELD_LINE.match(lines[0]):
         raise InvalidMessage("not an email message: it does not start with a header field")
     if b"\x00" in header:
         raise InvalidMessage("not an email message: NUL bytes in the header section")
-    names = {line.split(b":", 1)[0].strip().lower() for line in lines if _FIELD_NAME.match(line)}
-    if not names & _MAIL_FIELDS:
+    names = {line.split(b":", 1)[0].strip().lower() for line in lines if FIELD_LINE.match(line)}
+    if not names & MAIL_FIELD_NAMES:
         raise InvalidMessage("not an email message: none of the header fields every message has")
 
 
@@ -126,9 +130,10 @@ def parse(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMail:
     None when unknown (IMAP: the Return-Path header is used). Raises
     :class:`InvalidMessage` only when the bytes are not a message at all.
     """
-    _check_is_mail(raw)
+    readable = readable_header_section(raw)
+    _check_is_mail(readable)
     try:
-        return _repaired(_parse(raw, envelope_sender), raw)
+        return _repaired(_parse(readable, envelope_sender, raw=raw), raw)
     except RecursionError:
         raise InvalidMessage("the message nests its parts too deeply to be read") from None
     except (ValueError, TypeError, LookupError, UnicodeError, AttributeError, IndexError, binascii.Error) as error:
@@ -177,8 +182,9 @@ def _repaired(parsed: ParsedMail, raw: bytes) -> ParsedMail:
     )
 
 
-def _parse(raw: bytes, envelope_sender: str | None) -> ParsedMail:
-    message = message_from_bytes(raw, policy=compat32)
+def _parse(readable: bytes, envelope_sender: str | None, *, raw: bytes) -> ParsedMail:
+    """``readable`` is ``raw`` with its header section repaired; ``raw`` names the message."""
+    message = message_from_bytes(readable, policy=compat32)
     hint = _charset_hint(message)
 
     subject = header_text(raw_value(message, "subject"), hint)
@@ -187,7 +193,7 @@ def _parse(raw: bytes, envelope_sender: str | None) -> ParsedMail:
         sender_name, sender = first_mailbox(raw_value(message, "sender"), hint)
     _reply_name, reply_address = first_mailbox(raw_value(message, "reply-to"), hint)
 
-    body = Body(hint=hint, linesep=b"\r\n" if b"\r\n" in raw[:_HEADER_SCAN_LIMIT] else b"\n")
+    body = Body(hint=hint, linesep=b"\r\n" if b"\r\n" in raw[:HEADER_SCAN_LIMIT] else b"\n")
     walk(message, body)
     attachments = [
         replace(attachment, inline=True) if attachment.content_id and attachment.content_id in body.cids else attachment
