@@ -687,3 +687,19 @@ def test_a_body_that_follows_the_header_without_a_blank_line_stays_the_body() ->
 def test_a_stray_line_before_a_full_header_section_is_skipped(stray: bytes) -> None:
     message = mail.parse(_mail(stray, *PERSON))
     assert (message.sender, message.subject, message.text) == ("dana.novak@example.net", "Broken kettle", "The kettle leaks.")
+
+
+@pytest.mark.parametrize(
+    ("header", "sender", "name"),
+    [
+        ([b"From: Test test@example.com"], "test@example.com", "Test"),
+        ([b"From: Dana Novak <dana.novak@yahoo.com.>"], "dana.novak@yahoo.com", "Dana Novak"),
+        ([b"From: dana.novak@yahoo.com."], "dana.novak@yahoo.com", None),
+        ([b"From: undisclosed-recipients:;", b"From: Dana Novak <dana.novak@example.net>"], "dana.novak@example.net", "Dana Novak"),
+        ([b"Reply-To: Dana Novak <dana.novak@example.net>"], "dana.novak@example.net", "Dana Novak"),
+    ],
+    ids=["name and bare address", "trailing dot", "bare trailing dot", "second From", "Reply-To only"],
+)
+def test_senders_are_recovered_as_mail_clients_do(header: list[bytes], sender: str, name: str | None) -> None:
+    message = mail.parse(_mail(*header, b"To: complaints@example.com", b"Subject: Broken kettle"))
+    assert (message.sender, message.sender_name, message.reply_to) == (sender, name, sender)

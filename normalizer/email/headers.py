@@ -197,22 +197,50 @@ _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+$")
 
 
 def first_mailbox(raw: bytes | None, hint: str | None) -> tuple[str | None, str | None]:
-    """(decoded display name, address with lower-cased domain) of the first mailbox in an address header."""
+    """(decoded display name, address with lower-cased domain) of the first mailbox in an address header.
+
+    Mail that breaks RFC 5322 here is common and its sender is still plain to
+    see; what Thunderbird and Outlook recover is recovered: an address without
+    angle brackets after a name (``Test test@example.com``) and a domain
+    written with its final dot (``yahoo.com.``, which relays refuse).
+    """
     if not raw:
         return None, None
     value = header_string(raw, hint)
-    for name, address in getaddresses([value]):
-        address = address.strip()
-        if not _ADDRESS.match(address):
-            continue
-        local, domain = address.rsplit("@", 1)
-        display = header_text(name.encode("utf-8", "surrogateescape"), hint).strip().strip("\"'").strip()
-        return display or None, f"{local}@{domain.lower()}"
+    pairs = getaddresses([value])
+    for name, address in pairs:
+        cleaned = _mailbox_address(address)
+        if cleaned is not None:
+            return _display_name(name, hint), cleaned
+    found = _ADDR_SPEC.search(value)
+    cleaned = _mailbox_address(found.group(0)) if found else None
+    if found and cleaned is not None:
+        return _display_name(value[: found.start()] + value[found.end() :], hint), cleaned
     # No usable address ("MAILER-DAEMON", "<>", "undisclosed-recipients:;"): a name at most.
-    names = [name for name, first_mailbox in getaddresses([value]) if name]
+    names = [name for name, _address in pairs if name]
     if names:
         return header_text(names[0].encode("utf-8", "surrogateescape"), hint) or None, None
     return None, None
+
+
+_ADDR_SPEC = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+")
+
+
+def _mailbox_address(address: str) -> str | None:
+    address = address.strip().strip("<>").strip()
+    if not _ADDRESS.match(address):
+        return None
+    local, domain = address.rsplit("@", 1)
+    # "example.com." is the same name in its absolute form (RFC 1034 §3.1); an acknowledgement to it bounces.
+    domain = domain.rstrip(".").lower()
+    if not domain or domain.startswith("."):
+        return None
+    return f"{local}@{domain}"
+
+
+def _display_name(name: str, hint: str | None) -> str | None:
+    display = header_text(name.encode("utf-8", "surrogateescape"), hint)
+    return display.strip().strip("\"'<>()").strip() or None
 
 
 # --------------------------------------------------------------------------- a header section as readers see it

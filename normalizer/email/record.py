@@ -18,12 +18,12 @@ from normalizer.email.headers import (
     HEADER_SCAN_LIMIT,
     MAIL_FIELD_NAMES,
     first_mailbox,
-    has_field,
     header_string,
     header_text,
     literal,
     parameters,
     raw_value,
+    raw_values,
     readable_header_section,
 )
 from normalizer.email.ids import message_id_of, message_ids_in, reference_from_message_ids, references_of
@@ -182,15 +182,26 @@ def _repaired(parsed: ParsedMail, raw: bytes) -> ParsedMail:
     )
 
 
+def _sender(message: Message, hint: str | None) -> tuple[str | None, str | None]:
+    """(name, address) of who wrote the mail: the first From that names an address (some mailers write two),
+    else Sender, else Reply-To, as mail clients show it; the first name found when no address is."""
+    first_name: str | None = None
+    for field_name in ("from", "sender", "reply-to"):
+        for value in raw_values(message, field_name):
+            name, address = first_mailbox(value, hint)
+            if address is not None:
+                return name or first_name, address
+            first_name = first_name or name
+    return first_name, None
+
+
 def _parse(readable: bytes, envelope_sender: str | None, *, raw: bytes) -> ParsedMail:
     """``readable`` is ``raw`` with its header section repaired; ``raw`` names the message."""
     message = message_from_bytes(readable, policy=compat32)
     hint = _charset_hint(message)
 
     subject = header_text(raw_value(message, "subject"), hint)
-    sender_name, sender = first_mailbox(raw_value(message, "from"), hint)
-    if sender is None and not has_field(message, "from"):
-        sender_name, sender = first_mailbox(raw_value(message, "sender"), hint)
+    sender_name, sender = _sender(message, hint)
     _reply_name, reply_address = first_mailbox(raw_value(message, "reply-to"), hint)
 
     body = Body(hint=hint, linesep=b"\r\n" if b"\r\n" in raw[:HEADER_SCAN_LIMIT] else b"\n")
