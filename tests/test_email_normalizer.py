@@ -689,6 +689,25 @@ def test_a_stray_line_before_a_full_header_section_is_skipped(stray: bytes) -> N
     assert (message.sender, message.subject, message.text) == ("dana.novak@example.net", "Broken kettle", "The kettle leaks.")
 
 
+def test_a_declared_utf8_part_with_one_bad_byte_stays_utf8() -> None:
+    text = "Здравствуйте! Холодильник, который я купил, не работает. Прошу вернуть деньги."
+    body = text.encode("utf-8").replace("вернуть".encode(), b"\xff" + "ернуть".encode())
+    data = _mail(*PERSON, b"MIME-Version: 1.0", b"Content-Type: text/plain; charset=utf-8", b"Content-Transfer-Encoding: 8bit", body=body)
+    assert mail.parse(data).text == text.replace("вернуть", "\ufffdернуть")
+
+
+@pytest.mark.parametrize(
+    ("subject", "charset"), [("投诉：快递显示已签收但未收到", "gb2312"), ("炊飯器についての苦情です", "shift_jis")]
+)
+def test_raw_8bit_header_is_read_in_its_own_charset_not_the_messages(subject: str, charset: str) -> None:
+    # The body declares Latin-1: the first charset of the message is no guide to the subject's raw bytes.
+    data = _mail(
+        b"From: dana.novak@example.net", b"Subject: " + subject.encode(charset), b"MIME-Version: 1.0",
+        b"Content-Type: text/plain; charset=iso-8859-1", body="Réclamation.\n".encode("latin-1"),
+    )  # fmt: skip
+    assert mail.parse(data).subject == subject
+
+
 @pytest.mark.parametrize(
     ("header", "sender", "name"),
     [

@@ -86,7 +86,10 @@ def decode(data: bytes, declared: str | None, hint: str | None = None, *, detect
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
-            pass  # it really is the single-byte charset it says
+            nearly = _nearly_utf8(data)
+            if nearly is not None:
+                return nearly  # UTF-8 with a damaged byte, under a Latin label
+            # else it really is the single-byte charset it says
     for name in candidates:
         if name == _CP50220:
             return _decode_cp50220(data)
@@ -138,7 +141,14 @@ def _decode_cp50220(data: bytes) -> str:
 
 
 def _guess(data: bytes, hint: str | None, *, detect: bool) -> str:
-    """Decode bytes whose charset is unknown or wrong."""
+    """Decode bytes whose charset is unknown or wrong.
+
+    ``hint`` (the message's first declared charset) is one candidate among the
+    usual ones, scored like them, and wins only where it reads as well as any:
+    mailers that declare one charset for the body write raw 8-bit headers in
+    another (GB2312 or Shift_JIS subjects in a Latin-1 mail). ``detect`` lets
+    the statistical detector in, for texts long enough for it.
+    """
     if data.isascii():
         if b"\x1b$" in data or b"\x1b(" in data:
             # Undeclared ISO-2022-JP: 7-bit escapes, common from Japanese mailers.
@@ -148,18 +158,35 @@ def _guess(data: bytes, hint: str | None, *, detect: bool) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    for name in codecs_for(hint):
-        if name in ("utf-8", _CP50220):
-            continue
-        try:
-            return data.decode(name)
-        except (UnicodeDecodeError, LookupError):
-            continue
-    if detect:
-        found = _detect(data)
-        if found is not None:
-            return found
+    nearly = _nearly_utf8(data)
+    if nearly is not None:
+        return nearly
+    preferred = tuple(name for name in codecs_for(hint) if name not in ("utf-8", _CP50220))
+    found = _detect(data, preferred, statistical=detect)
+    if found is not None:
+        return found
     return data.decode("cp1252", errors="replace")
+
+
+# At most one undecodable sequence per this many well-formed multi-byte characters still reads as UTF-8.
+_UTF8_ERRORS_PER_CHARACTER = 10
+_UTF8_MIN_CHARACTERS = 3
+
+
+def _nearly_utf8(data: bytes) -> str | None:
+    """UTF-8 with a few bytes that are not (a character cut by a mailer, a byte damaged on the way), else None.
+
+    Such text read as UTF-8 with a replacement character or two is the text;
+    read with a code page that takes every byte, it is all garbled. Real
+    single-byte text is never this close to UTF-8: each of its accented letters
+    is an error, and it has practically no well-formed sequences.
+    """
+    text = data.decode("utf-8", errors="replace")
+    errors = text.count("\ufffd") - data.count("\ufffd".encode())
+    characters = sum(1 for char in text if ord(char) > 127) - text.count("\ufffd")
+    if characters >= _UTF8_MIN_CHARACTERS and errors * _UTF8_ERRORS_PER_CHARACTER <= characters:
+        return text
+    return None
 
 
 # The charsets that undeclared 8-bit mail really arrives in, most likely first.
@@ -187,15 +214,16 @@ _ALPHABETS = {
 _EAST_ASIAN_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HALFWIDTH", "FULLWIDTH", "IDEOGRAPHIC")
 
 
-def _detect(data: bytes) -> str | None:
+def _detect(data: bytes, preferred: tuple[str, ...] = (), *, statistical: bool = True) -> str | None:
     """The likeliest reading of undeclared 8-bit text.
 
     Statistical charset detectors (charset-normalizer included) misjudge short
     Latin-script texts (cp1257 for French, cp1252 for Czech). Each candidate
     reading is scored instead: symbols and script mixtures inside words, words
     made only of accented letters, letters outside the detected language's
-    alphabet; the language model breaks ties. charset-normalizer's pick joins
-    the candidates, for charsets outside the usual ones.
+    alphabet; the language model breaks ties. ``preferred`` charsets (the
+    message's own) go first and win a tie. charset-normalizer's pick joins the
+    candidates, for charsets outside the usual ones, when ``statistical``.
     """
     scored: list[_Reading] = []
 
@@ -208,9 +236,11 @@ def _detect(data: bytes) -> str | None:
         language, confidence = language_model().classify(sample)
         scored.append(_Reading(round(_implausibility(sample, language), 2), order, confidence, charset, language, text))
 
-    for order, name in enumerate(_UNDECLARED_CANDIDATES):
+    for order, name in enumerate(preferred, start=-len(preferred)):
         score(order, name)
-    if not scored or min(reading.implausibility for reading in scored) > 0.1:
+    for order, name in enumerate(name for name in _UNDECLARED_CANDIDATES if name not in preferred):
+        score(order, name)
+    if statistical and (not scored or min(reading.implausibility for reading in scored) > 0.1):
         # None of the usual charsets reads well: ask the statistical detector.
         best = detect_charset(data[:65536]).best()
         found = best.encoding if best is not None and best.encoding else None
@@ -220,7 +250,9 @@ def _detect(data: bytes) -> str | None:
     if not scored:
         return None
     least = min(reading.implausibility for reading in scored)
-    tied = [reading for reading in scored if reading.implausibility <= least + 0.02]
+    tied = sorted((reading for reading in scored if reading.implausibility <= least + 0.02), key=lambda reading: reading.order)
+    if tied[0].order < 0:
+        return tied[0].text  # the message's own charset reads as well as any
     top = max(reading.confidence for reading in tied)
     confident = sorted((reading for reading in tied if reading.confidence >= top - 0.15), key=lambda reading: reading.order)
     for reading in confident:
