@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -708,6 +709,37 @@ def test_raw_8bit_header_is_read_in_its_own_charset_not_the_messages(subject: st
     assert mail.parse(data).subject == subject
 
 
+def test_an_unclosed_alternative_that_runs_into_junk_still_reads() -> None:
+    data = _mail(
+        *PERSON, b"MIME-Version: 1.0", b"Content-Type: multipart/alternative; boundary=a",
+        body=b"--a\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes("<p>Der Wasserkocher ist undicht.</p>".encode()) + b"\n--outer-boundary--\n",
+    )  # fmt: skip
+    assert mail.parse(data).text == "Der Wasserkocher ist undicht."
+
+
+def test_inline_text_parts_with_a_filename_are_the_text() -> None:
+    part = b'Content-Type: text/plain\nContent-Disposition: inline;\n\tfilename="msg.txt"\n\n'
+    data = _mail(
+        *PERSON, b"MIME-Version: 1.0", b'Content-Type: multipart/mixed; boundary="b"',
+        body=b"--b\n" + part + b"The kettle leaks.\n--b\n" + part + b"It is new.\n--b--\n",
+    )  # fmt: skip
+    message = mail.parse(data)
+    assert message.text == "The kettle leaks.\n\nIt is new."
+    assert message.attachments == []
+
+
+def test_text_only_in_a_text_attachment_is_still_the_complaint() -> None:
+    data = _mail(
+        *PERSON, b"MIME-Version: 1.0", b'Content-Type: multipart/mixed; boundary="b"',
+        body=b'--b\nContent-Type: text/plain; name="complaint.txt"\nContent-Disposition: attachment; filename="complaint.txt"\n\n'
+        b"The kettle leaks.\n--b--\n",
+    )  # fmt: skip
+    message = mail.parse(data)
+    assert message.text == "The kettle leaks."
+    assert [attachment.filename for attachment in message.attachments] == ["complaint.txt"]
+
+
 @pytest.mark.parametrize(
     ("header", "sender", "name"),
     [
@@ -722,3 +754,11 @@ def test_raw_8bit_header_is_read_in_its_own_charset_not_the_messages(subject: st
 def test_senders_are_recovered_as_mail_clients_do(header: list[bytes], sender: str, name: str | None) -> None:
     message = mail.parse(_mail(*header, b"To: complaints@example.com", b"Subject: Broken kettle"))
     assert (message.sender, message.sender_name, message.reply_to) == (sender, name, sender)
+
+
+
+
+def test_a_signature_delimiter_with_a_space_too_many_is_still_one() -> None:
+    # Sparrow writes "-- " plus a space through quoted-printable ("-- =20").
+    data = _mail(*PERSON, b"Content-Transfer-Encoding: quoted-printable", body=b"The kettle leaks.\n\n-- =20\nDana Novak\nSent with Sparrow\n")
+    assert mail.parse(data).text == "The kettle leaks."

@@ -22,11 +22,11 @@ def raw_values(message: Message, name: str) -> list[bytes]:
     values = []
     for key, value in message.raw_items():
         if str(key).strip().lower() == wanted:
-            values.append(_FOLD.sub(b"", _wire_bytes(str(value))).strip())
+            values.append(_FOLD.sub(b"", wire_bytes(str(value))).strip())
     return values
 
 
-def _wire_bytes(text: str) -> bytes:
+def wire_bytes(text: str) -> bytes:
     """The bytes behind a str the parser made from them (ASCII, raw bytes as surrogate escapes)."""
     try:
         return text.encode("ascii", "surrogateescape")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import re
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from email.policy import compat32
 from tnefparse import TNEF
 
 from normalizer.email.charsets import decode
-from normalizer.email.headers import MEDIA_TYPE_SYNTAX, header_string, header_text, parameters, raw_value
+from normalizer.email.headers import MEDIA_TYPE_SYNTAX, header_string, header_text, parameters, raw_value, wire_bytes
 from normalizer.email.html import html_charset, html_to_text
 from normalizer.email.ids import message_ids_in
 from normalizer.email.text import CONTROLS
@@ -50,7 +51,24 @@ class _Part:
 
     @property
     def is_attachment(self) -> bool:
+        if self.disposition == "inline" and self.maintype == "text":
+            # Apple Mail, Mutt and Outlook name inline text parts ("msg.txt"); every client shows them as the text.
+            return False
         return self.disposition == "attachment" or self.filename is not None
+
+
+def attached_texts(body: Body) -> list[str]:
+    """The text of the text parts filed as attachments: the complaint when the mail has no other text.
+
+    A complaint is never empty while the mail has readable text: some mailers
+    send the only text as a ``complaint.txt`` attachment.
+    """
+    texts = []
+    for message, part in body.text_attachments:
+        text = _part_text(message, part, body)
+        if text.strip():
+            texts.append(text)
+    return texts
 
 
 def _payload_bytes(message: Message, linesep: bytes) -> bytes:
@@ -58,6 +76,8 @@ def _payload_bytes(message: Message, linesep: bytes) -> bytes:
     payload = message.get_payload()
     if isinstance(payload, list):
         return _serialized_body(message, linesep)
+    if isinstance(payload, str) and header_string(raw_value(message, "content-transfer-encoding"), None).strip().lower() == "base64":
+        return _base64_lines(payload)
     try:
         # decode=True is the one call that returns the bytes as received: without
         # it, compat32 re-decodes 8-bit text with the declared charset (or ASCII).
@@ -65,6 +85,37 @@ def _payload_bytes(message: Message, linesep: bytes) -> bytes:
     except (ValueError, TypeError, UnicodeError, binascii.Error):
         return b""
     return data if isinstance(data, bytes) else b""
+
+
+_BASE64_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
+
+
+def _base64_lines(payload: str) -> bytes:
+    """A base64 body decoded line by line, as mail readers decode it: it ends at the first line that is not base64.
+
+    A part whose closing boundary is missing runs into whatever follows (the
+    boundary of an outer part, a list footer); Python's decoder then returns the
+    base64 itself, or mixes the letters of the junk into the data.
+    """
+    chunks: list[bytes] = []
+    for line in wire_bytes(payload).split(b"\n"):
+        line = b"".join(line.split())  # spaces and the CR of CRLF
+        if not line:
+            continue
+        if not _BASE64_LINE.fullmatch(line):
+            if chunks:
+                break
+            continue  # junk before the data (a stray header line)
+        chunks.append(line)
+        if line.endswith(b"="):
+            break  # padding: the data ends here
+    data = b"".join(chunks)
+    if len(data.rstrip(b"=")) % 4 == 1:
+        data = data.rstrip(b"=")[:-1]  # one stray character: the rest still decodes
+    try:
+        return base64.b64decode(data.rstrip(b"=") + b"=" * (-len(data.rstrip(b"=")) % 4))
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _serialized_body(message: Message, linesep: bytes) -> bytes:
@@ -117,6 +168,8 @@ class Body:
     report_type: str | None = None
     returned_ids: list[str] = field(default_factory=list)  # Message-IDs of messages a bounce returns
     parts: int = 0
+    # Text parts filed as attachments, read only when the mail has no other text (see attached_texts).
+    text_attachments: list[tuple[Message, _Part]] = field(default_factory=list)
 
 
 _MAX_DEPTH = 64  # forwards of forwards nest two levels each; hostile nesting stops here
@@ -166,6 +219,8 @@ def walk(
         if text.strip():
             texts.append(text)
         return
+    if part.content_type in _BODY_TYPES:
+        body.text_attachments.append((message, part))
     data = _payload_bytes(message, body.linesep)
     winmail = part.content_type == "application/ms-tnef" or (part.filename or "").lower() == "winmail.dat"
     if winmail and _tnef(data, body, texts):

@@ -44,7 +44,7 @@ _HEADER_SENT = re.compile(
     r"skickat|sendt|发送时间|送信日時)\s*:",
     re.IGNORECASE,
 )
-_SIGNATURE = re.compile(r"^--\s?$")  # RFC 3676 §4.3 "-- ", often sent without its space
+_SIGNATURE = re.compile(r"^--[ \t]*$")  # RFC 3676 §4.3 "-- ", sent without its space or with one too many
 _DEVICES = (
     r"(iphone|ipad|ipod|android|samsung|galaxy|huawei|xiaomi|redmi|honor|oppo|vivo|oneplus|pixel|nokia|sony|motorola|"
     r"blackberry|mobile|smartphone|handy|tablet|telefon\w*|urządzenia|appareil|dispositivo|móvil|celular|телефона|"

@@ -27,7 +27,7 @@ from normalizer.email.headers import (
     readable_header_section,
 )
 from normalizer.email.ids import message_id_of, message_ids_in, reference_from_message_ids, references_of
-from normalizer.email.mime import Body, MailAttachment, walk
+from normalizer.email.mime import Body, MailAttachment, attached_texts, walk
 from normalizer.email.quoting import FORWARD_SUBJECT, split_forwarded, strip_history
 from normalizer.email.robots import automated_reason
 from normalizer.email.text import tidy
@@ -212,6 +212,8 @@ def _parse(readable: bytes, envelope_sender: str | None, *, raw: bytes) -> Parse
     ]
 
     own_text = "\n\n".join(body.own)
+    if not own_text.strip() and not body.forwarded_text:
+        own_text = "\n\n".join(attached_texts(body))
     own_text, inline_forward = split_forwarded(own_text, bool(FORWARD_SUBJECT.match(subject)))
     forwarded_parts = ([inline_forward] if inline_forward else []) + body.forwarded_text
     forwarded = body.forwarded or inline_forward is not None
