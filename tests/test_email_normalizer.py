@@ -756,6 +756,24 @@ def test_senders_are_recovered_as_mail_clients_do(header: list[bytes], sender: s
     assert (message.sender, message.sender_name, message.reply_to) == (sender, name, sender)
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["noreply@shop.example", "no-reply@shop.example", "do-not-reply@shop.example", "DoNotReply@shop.example",
+     "ppp-request@zzz.example", "scr-bounces@lists.example", "owner-freebsd-isp@freebsd.example",
+     "Internet-Drafts@ietf.example", "oracle@db01.example", "mailer@node.example", "root@host.example"],
+)  # fmt: skip
+def test_role_and_robot_senders_are_never_acknowledged(address: str) -> None:
+    message = mail.parse(_mail(f"From: Someone <{address}>".encode(), b"To: complaints@example.com", b"Subject: Hello"))
+    assert message.reply_to is None
+    assert message.automated and "role address" in message.automated
+    assert mail.is_role_address(address)
+
+
+@pytest.mark.parametrize("address", ["norbert@shop.example", "requests@shop.example", "owner@shop.example", "dana.novak@example.net"])
+def test_people_whose_address_merely_resembles_a_role_are_answered(address: str) -> None:
+    message = mail.parse(_mail(f"From: {address}".encode(), b"To: complaints@example.com", b"Subject: Hello"))
+    assert message.reply_to == address and message.automated is None
+    assert not mail.is_role_address(address)
 
 
 def test_a_signature_delimiter_with_a_space_too_many_is_still_one() -> None:

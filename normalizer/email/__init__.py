@@ -18,11 +18,13 @@ One module per concern, in the order a message goes through them:
 from normalizer.email.ids import our_message_id, reference_from_message_ids
 from normalizer.email.mime import MailAttachment
 from normalizer.email.record import MEDIA_TYPE, ParsedMail, parse, to_complaint, warm_up
+from normalizer.email.robots import is_role_address
 
 __all__ = [
     "MEDIA_TYPE",
     "MailAttachment",
     "ParsedMail",
+    "is_role_address",
     "our_message_id",
     "parse",
     "reference_from_message_ids",

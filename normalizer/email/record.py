@@ -29,7 +29,7 @@ from normalizer.email.headers import (
 from normalizer.email.ids import message_id_of, message_ids_in, reference_from_message_ids, references_of
 from normalizer.email.mime import Body, MailAttachment, attached_texts, walk
 from normalizer.email.quoting import FORWARD_SUBJECT, split_forwarded, strip_history
-from normalizer.email.robots import automated_reason
+from normalizer.email.robots import automated_reason, is_role_address
 from normalizer.email.text import tidy
 from normalizer.errors import InvalidMessage
 from normalizer.language import model as language_model
@@ -203,6 +203,8 @@ def _parse(readable: bytes, envelope_sender: str | None, *, raw: bytes) -> Parse
     subject = header_text(raw_value(message, "subject"), hint)
     sender_name, sender = _sender(message, hint)
     _reply_name, reply_address = first_mailbox(raw_value(message, "reply-to"), hint)
+    if is_role_address(reply_address):
+        reply_address = None  # a person's mail whose replies a no-reply address would swallow: answer the person
 
     body = Body(hint=hint, linesep=b"\r\n" if b"\r\n" in raw[:HEADER_SCAN_LIMIT] else b"\n")
     walk(message, body)

@@ -19,6 +19,29 @@ _OUT_OF_OFFICE_SUBJECT = re.compile(
     re.IGNORECASE,
 )
 _ROBOTS = re.compile(r"(?:^|[\s<\"'])(mailer-daemon|postmaster)(?:@|>|$|\s)", re.IGNORECASE)
+# Local parts of addresses that belong to a role or a program, never to a person with a complaint: the
+# no-reply family, list managers' addresses (Mailman's -request, -bounces, -owner..., Majordomo's owner-),
+# RFC 2142's mailbox names for programs, announcement robots, and the Unix accounts cron and daemons mail as.
+# Mail from them is recorded; an acknowledgement to them answers a robot, or a stranger whose address a
+# robot or a forger put there (backscatter).
+_ROLE_LOCAL_PART = re.compile(
+    r"(?:.*[-_.])?(?:no|do[-_.]?not|dont)[-_.]?reply(?:[-_.+].*)?"
+    r"|.+-(?:request|bounces?|owner|admin|confirm|join|leave|subscribe|unsubscribe)(?:\+.*)?"
+    r"|owner-.+|bounces?(?:[-+].*)?"
+    r"|mailer|mailer-daemon|mail-daemon|postmaster|majordomo|listserv|listproc|mailman|internet-drafts|rfc-editor"
+    r"|root|daemon|nobody|cron|oracle|www-data|apache|nginx|postgres|mysql|uucp|news",
+    re.IGNORECASE,
+)
+
+
+def is_role_address(address: str | None) -> bool:
+    """Whether an address belongs to a role or a program (no-reply, a list's -request, mailer-daemon, cron's root)."""
+    if not address or "@" not in address:
+        return False
+    local = address.strip().strip("<>").rsplit("@", 1)[0].strip('"')
+    return bool(_ROLE_LOCAL_PART.fullmatch(local))
+
+
 _REPORTS = {
     "delivery-status": "bounce (delivery-status report)",
     "disposition-notification": "read receipt (disposition-notification report)",
@@ -44,6 +67,8 @@ def automated_reason(message: Message, subject: str, sender: str | None, envelop
         robot = _ROBOTS.search(address or "")
         if robot:
             return "MAILER-DAEMON" if robot.group(1).lower() == "mailer-daemon" else "postmaster"
+    if is_role_address(sender):
+        return f"role address ({(sender or '').rsplit('@', 1)[0][:60]})"
     for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress", "X-Loop"):
         if has_field(message, name):
             return name
