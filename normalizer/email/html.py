@@ -1,4 +1,12 @@
-"""HTML bodies to readable text with the standard library, marking where clients put quoted history."""
+"""HTML bodies to readable text with the standard library, marking where clients put quoted history.
+
+Why not inscriptis: put in this converter's place it read the public corpus as
+well (most of it offers plain text), but failed 3 of the HTML tests of
+tests/test_email_normalizer.py: it indents paragraphs and joins Outlook's
+MsoNormal lines differently, and it cannot mark blockquotes, Gmail's and
+Outlook's quote containers, so an answer written below a quote is lost with it.
+It would also bring lxml in as a dependency.
+"""
 
 from __future__ import annotations
 
