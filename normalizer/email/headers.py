@@ -292,12 +292,13 @@ def readable_header_section(raw: bytes) -> bytes:
         return raw
 
     repaired = header[stray:]
+    last_field = max(index for index, is_field in enumerate(fields) if is_field) - stray
     mended = False
     for index in range(1, len(repaired)):
         line = repaired[index]
         if line[:1] in (b" ", b"\t") or fields[stray + index]:
             continue
-        if any(fields[stray + index + 1 :]):
+        if index < last_field:
             repaired[index] = b" " + line  # a continuation its writer forgot to indent
             mended = True
         else:
