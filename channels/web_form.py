@@ -567,10 +567,10 @@ class WebFormChannel:
         """Where a copy of the acknowledgement also goes: the customer's preferred contact if we can send there."""
         routes: list[tuple[str, ReplyPayload]] = []
         if form.email and "email" in self._reply_senders:
-            address, name, domain = form.email, form.name, self._email_domain
+            address, domain = form.email, self._email_domain
             # The email channel's own payload: its Message-ID carries the reference, so a reply finds the complaint.
             routes.append(
-                ("email", lambda complaint, ack: acknowledgement_payload(complaint, ack, to=address, to_name=name, domain=domain))
+                ("email", lambda complaint, ack: acknowledgement_payload(complaint, ack, to=address, domain=domain))
             )
         if form.phone and "sms" in self._reply_senders:
             number = form.phone

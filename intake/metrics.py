@@ -35,6 +35,13 @@ class Metrics:
             ["channel", "outcome"],
             registry=self.registry,
         )
+        self.acknowledgements_suppressed = Counter(
+            "intake_acknowledgements_suppressed",
+            "Acknowledgements not sent, by channel and the limit that held them back (recipient, domain, total, "
+            "role_address): how loops with auto-responders and backscatter attempts die out.",
+            ["channel", "limit"],
+            registry=self.registry,
+        )
         self.acknowledgement_latency = Histogram(
             "intake_acknowledgement_latency_seconds",
             "From receiving a complaint to its acknowledgement going out, by channel.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -647,3 +648,135 @@ def test_fuzzed_messages_parse_or_are_refused_as_not_mail() -> None:
         mail.to_complaint(message, data, received_at=RECEIVED_AT, attachments=[], origin={})
         outcomes["parsed"] += 1
     assert outcomes["parsed"] > 300, outcomes
+
+
+# --------------------------------------------------------------------------- repairs real readers make
+
+
+def _mail(*header: bytes, body: bytes = b"The kettle leaks.\n") -> bytes:
+    return b"\n".join(header) + b"\n\n" + body
+
+
+PERSON = (b"From: Dana Novak <dana.novak@example.net>", b"To: complaints@example.com", b"Subject: Broken kettle",
+          b"Message-ID: <repair@example.net>")  # fmt: skip
+
+
+def test_unindented_continuation_lines_do_not_end_the_header() -> None:
+    # A spam filter's report folded without indentation: the lines belong to its field, not to the body.
+    data = _mail(
+        b"Received: from mx.example.net by mx.example.com; Tue, 4 Mar 2025 10:00:00 +0100",
+        b"X-Spam-Report: score=2.1",
+        b"dGhpcyBpcyBhIGZvbGRlZCBiYXNlNjQgbGluZQ==",
+        b"c2Vjb25kIGxpbmUgb2YgaXQ=",
+        *PERSON,
+    )
+    message = mail.parse(data)
+    assert (message.sender, message.subject, message.message_id) == ("dana.novak@example.net", "Broken kettle", "<repair@example.net>")
+    assert message.reply_to == "dana.novak@example.net"
+    assert message.text == "The kettle leaks."
+
+
+def test_a_body_that_follows_the_header_without_a_blank_line_stays_the_body() -> None:
+    # No field after the odd line: it is the body a mailer forgot to set apart, as before.
+    data = b"\n".join([*PERSON, b"The kettle leaks.", b"It is new."]) + b"\n"
+    message = mail.parse(data)
+    assert message.subject == "Broken kettle"
+    assert message.text == "The kettle leaks.\nIt is new."
+
+
+@pytest.mark.parametrize("stray", [b"---- Original email message ----", b" " * 255, b"> forwarded by the helpdesk:"])
+def test_a_stray_line_before_a_full_header_section_is_skipped(stray: bytes) -> None:
+    message = mail.parse(_mail(stray, *PERSON))
+    assert (message.sender, message.subject, message.text) == ("dana.novak@example.net", "Broken kettle", "The kettle leaks.")
+
+
+def test_a_declared_utf8_part_with_one_bad_byte_stays_utf8() -> None:
+    text = "Здравствуйте! Холодильник, который я купил, не работает. Прошу вернуть деньги."
+    body = text.encode("utf-8").replace("вернуть".encode(), b"\xff" + "ернуть".encode())
+    data = _mail(*PERSON, b"MIME-Version: 1.0", b"Content-Type: text/plain; charset=utf-8", b"Content-Transfer-Encoding: 8bit", body=body)
+    assert mail.parse(data).text == text.replace("вернуть", "\ufffdернуть")
+
+
+@pytest.mark.parametrize(
+    ("subject", "charset"), [("投诉：快递显示已签收但未收到", "gb2312"), ("炊飯器についての苦情です", "shift_jis")]
+)
+def test_raw_8bit_header_is_read_in_its_own_charset_not_the_messages(subject: str, charset: str) -> None:
+    # The body declares Latin-1: the first charset of the message is no guide to the subject's raw bytes.
+    data = _mail(
+        b"From: dana.novak@example.net", b"Subject: " + subject.encode(charset), b"MIME-Version: 1.0",
+        b"Content-Type: text/plain; charset=iso-8859-1", body="Réclamation.\n".encode("latin-1"),
+    )  # fmt: skip
+    assert mail.parse(data).subject == subject
+
+
+def test_an_unclosed_alternative_that_runs_into_junk_still_reads() -> None:
+    data = _mail(
+        *PERSON, b"MIME-Version: 1.0", b"Content-Type: multipart/alternative; boundary=a",
+        body=b"--a\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes("<p>Der Wasserkocher ist undicht.</p>".encode()) + b"\n--outer-boundary--\n",
+    )  # fmt: skip
+    assert mail.parse(data).text == "Der Wasserkocher ist undicht."
+
+
+def test_inline_text_parts_with_a_filename_are_the_text() -> None:
+    part = b'Content-Type: text/plain\nContent-Disposition: inline;\n\tfilename="msg.txt"\n\n'
+    data = _mail(
+        *PERSON, b"MIME-Version: 1.0", b'Content-Type: multipart/mixed; boundary="b"',
+        body=b"--b\n" + part + b"The kettle leaks.\n--b\n" + part + b"It is new.\n--b--\n",
+    )  # fmt: skip
+    message = mail.parse(data)
+    assert message.text == "The kettle leaks.\n\nIt is new."
+    assert message.attachments == []
+
+
+def test_text_only_in_a_text_attachment_is_still_the_complaint() -> None:
+    data = _mail(
+        *PERSON, b"MIME-Version: 1.0", b'Content-Type: multipart/mixed; boundary="b"',
+        body=b'--b\nContent-Type: text/plain; name="complaint.txt"\nContent-Disposition: attachment; filename="complaint.txt"\n\n'
+        b"The kettle leaks.\n--b--\n",
+    )  # fmt: skip
+    message = mail.parse(data)
+    assert message.text == "The kettle leaks."
+    assert [attachment.filename for attachment in message.attachments] == ["complaint.txt"]
+
+
+@pytest.mark.parametrize(
+    ("header", "sender", "name"),
+    [
+        ([b"From: Test test@example.com"], "test@example.com", "Test"),
+        ([b"From: Dana Novak <dana.novak@yahoo.com.>"], "dana.novak@yahoo.com", "Dana Novak"),
+        ([b"From: dana.novak@yahoo.com."], "dana.novak@yahoo.com", None),
+        ([b"From: undisclosed-recipients:;", b"From: Dana Novak <dana.novak@example.net>"], "dana.novak@example.net", "Dana Novak"),
+        ([b"Reply-To: Dana Novak <dana.novak@example.net>"], "dana.novak@example.net", "Dana Novak"),
+    ],
+    ids=["name and bare address", "trailing dot", "bare trailing dot", "second From", "Reply-To only"],
+)
+def test_senders_are_recovered_as_mail_clients_do(header: list[bytes], sender: str, name: str | None) -> None:
+    message = mail.parse(_mail(*header, b"To: complaints@example.com", b"Subject: Broken kettle"))
+    assert (message.sender, message.sender_name, message.reply_to) == (sender, name, sender)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["noreply@shop.example", "no-reply@shop.example", "do-not-reply@shop.example", "DoNotReply@shop.example",
+     "ppp-request@zzz.example", "scr-bounces@lists.example", "owner-freebsd-isp@freebsd.example",
+     "Internet-Drafts@ietf.example", "oracle@db01.example", "mailer@node.example", "root@host.example"],
+)  # fmt: skip
+def test_role_and_robot_senders_are_never_acknowledged(address: str) -> None:
+    message = mail.parse(_mail(f"From: Someone <{address}>".encode(), b"To: complaints@example.com", b"Subject: Hello"))
+    assert message.reply_to is None
+    assert message.automated and "role address" in message.automated
+    assert mail.is_role_address(address)
+
+
+@pytest.mark.parametrize("address", ["norbert@shop.example", "requests@shop.example", "owner@shop.example", "dana.novak@example.net"])
+def test_people_whose_address_merely_resembles_a_role_are_answered(address: str) -> None:
+    message = mail.parse(_mail(f"From: {address}".encode(), b"To: complaints@example.com", b"Subject: Hello"))
+    assert message.reply_to == address and message.automated is None
+    assert not mail.is_role_address(address)
+
+
+def test_a_signature_delimiter_with_a_space_too_many_is_still_one() -> None:
+    # Sparrow writes "-- " plus a space through quoted-printable ("-- =20").
+    data = _mail(*PERSON, b"Content-Transfer-Encoding: quoted-printable", body=b"The kettle leaks.\n\n-- =20\nDana Novak\nSent with Sparrow\n")
+    assert mail.parse(data).text == "The kettle leaks."

@@ -414,6 +414,73 @@ async def test_the_acknowledgement_limit_is_per_address_and_its_window_slides(re
     assert [m.recipients for m in relay.messages] == [[CUSTOMER], [CUSTOMER.upper()], ["someone.else@customer.test"], [CUSTOMER]]
 
 
+async def test_acknowledgements_are_capped_per_domain_and_in_all_and_never_go_to_role_addresses(relay):
+    from channels.email import EmailLimitsConfig, RelayConfig
+    from channels.email.reply import AcknowledgementSender
+    from intake.errors import Rejected
+    from intake.metrics import Metrics
+
+    now = [1000.0]
+    metrics = Metrics()
+    sender = AcknowledgementSender(
+        RelayConfig(**relay.config()),
+        EmailLimitsConfig(
+            acknowledgements_per_recipient=5, acknowledgements_per_domain=2, acknowledgements_total=3,
+            acknowledgement_window_seconds=600,
+        ),
+        metrics,
+        clock=lambda: now[0],
+    )  # fmt: skip
+
+    def payload(to: str, n: int) -> dict:
+        message_id = f"<C-0000-000{n}.000000000000@example.test>"
+        return {"to": to, "subject": "s", "text": "t", "locale": "en", "direction": "ltr", "message_id": message_id}
+
+    def suppressed(limit: str) -> float:
+        return metrics.registry.get_sample_value("intake_acknowledgements_suppressed_total", {"channel": "email", "limit": limit}) or 0.0
+
+    await sender.send_reply(payload("a@victims.test", 1))
+    await sender.send_reply(payload("b@victims.test", 2))
+    with pytest.raises(Rejected, match="to this address's domain"):
+        await sender.send_reply(payload("c@victims.test", 3))
+    await sender.send_reply(payload("a@other.test", 4))
+    with pytest.raises(Rejected, match="in all"):
+        await sender.send_reply(payload("b@third.test", 5))
+    with pytest.raises(Rejected, match="role or robot address"):
+        await sender.send_reply(payload("no-reply@shop.test", 6))
+    now[0] += 601
+    await sender.send_reply(payload("c@victims.test", 7))
+    assert [m.recipients for m in relay.messages] == [["a@victims.test"], ["b@victims.test"], ["a@other.test"], ["c@victims.test"]]
+    assert (suppressed("domain"), suppressed("total"), suppressed("role_address")) == (1, 1, 1)
+
+
+async def test_mails_forging_strangers_addresses_get_capped_acknowledgements_to_the_bare_address(
+    tmp_path: Path, kafka, topic, relay
+):
+    # Backscatter: twelve mails name twelve victims, each under the attacker's advertising as display name.
+    config = email_settings(
+        tmp_path, kafka.bootstrap, topic, relay, limits={"acknowledgements_per_domain": 3, "acknowledgements_total": 5}
+    )
+    victims = [f"victim{n}@{'victims' if n < 8 else 'elsewhere'}.test" for n in range(12)]
+    async with running(config) as (gateway, _):
+        for n, victim in enumerate(victims):
+            forged = complaint_mail(f"Complaint {n}.", sender=f"Cheap pills at pills.example <{victim}>", language="en")
+            await smtp_send(config.email.smtp.port, forged, mail_from=victim)
+
+        async def all_handled() -> bool:
+            return (await gateway.spool.status()).pending_replies == 0
+
+        await wait_for(all_handled, timeout=60)
+        suppressed = counter(gateway, "intake_acknowledgements", channel="email", outcome="suppressed")
+        records = await read_topic(kafka.bootstrap, topic, expect=24, timeout=60, settle=1)
+    assert len(of_type(records, "received")) == 12
+    assert len(relay.messages) == 5 and suppressed == 7
+    for captured in relay.messages:
+        assert captured.message["To"].addresses[0].display_name == ""
+        assert "pills" not in str(captured.message["To"])
+    assert len([r for r in of_type(records, "acknowledgement_failed") if "suppressed" in r.data["error"]]) == 7
+
+
 async def _deliver(client: str, port: int, message: bytes, tmp_path: Path) -> tuple[int, str]:
     """The DATA answer's code and text, through smtplib or swaks."""
     if client == "smtplib":

@@ -205,7 +205,7 @@ async def test_the_acknowledgement_also_goes_by_email_through_the_relay(tmp_path
     reference = with_email.by_id("reference").text
     message = captured.message
     assert captured.recipients == ["ewa@example.com"]
-    assert message["To"].addresses[0].display_name == "Ewa Nowak"
+    assert str(message["To"]) == "ewa@example.com"  # the address alone: a name typed into a form is not ours to send
     assert reference in message["Subject"] and message["Content-Language"] == "fa"
     assert message["Auto-Submitted"] == "auto-replied"
     assert message["Message-ID"].endswith("@example.test>")  # our domain: a reply to it finds the complaint again
@@ -215,6 +215,26 @@ async def test_the_acknowledgement_also_goes_by_email_through_the_relay(tmp_path
     assert len(relay.messages) == 1
     # One acknowledgement event for each page shown and for the email sent.
     assert len(of_type(records, "received")) == 2 and len(of_type(records, "acknowledged")) == 3
+
+
+async def test_the_copy_by_email_is_under_the_email_limits_and_never_goes_to_a_role_address(tmp_path: Path, kafka, topic, relay):
+    # The address is typed by whoever fills in the form: the same limits as for mail answered, the same refusals.
+    email = {"relay": {**relay.config(), "enabled": True}, "limits": {"acknowledgements_per_recipient": 1}}
+    async with running(form_settings(tmp_path, kafka, topic, sections={"email": email})) as (gateway, base), FormClient(base) as client:
+        for fields in (valid_fields(email="no-reply@example.com"), valid_fields(), valid_fields(description="Again: a broken lid.")):
+            await client.open("?lang=en")
+            await client.send(fields, query="?lang=en")
+        records = await read_topic(kafka.bootstrap, topic, expect=9, settle=2)
+        suppressed = {
+            limit: gateway.metrics.registry.get_sample_value(
+                "intake_acknowledgements_suppressed_total", {"channel": "email", "limit": limit}
+            )
+            for limit in ("role_address", "recipient")
+        }
+    assert [captured.recipients for captured in relay.messages] == [["ewa@example.com"]]
+    failed = of_type(records, "acknowledgement_failed")
+    assert len(failed) == 2 and all("suppressed" in r.data["error"] for r in failed)
+    assert suppressed == {"role_address": 1.0, "recipient": 1.0}
 
 
 async def test_a_customer_who_prefers_the_phone_gets_the_acknowledgement_by_text_message(tmp_path: Path, kafka, topic):
@@ -303,9 +323,9 @@ async def test_nothing_the_customer_types_is_rendered_unescaped(tmp_path: Path, 
         [captured] = await relay.wait_for(1)
         records = await read_topic(kafka.bootstrap, topic, expect=3)
 
-    # The acknowledgement quotes nothing the customer wrote; the name only addresses it, as a quoted header value.
+    # The acknowledgement quotes nothing the customer wrote, not even the name in its To:.
     message = captured.message
-    assert message["To"].addresses[0].display_name == f"{payload} name"
+    assert payload not in str(message["To"])
     html_part, text_part = message.get_body(("html",)), message.get_body(("plain",))
     assert html_part is not None and text_part is not None  # right-to-left mail carries an HTML part with dir="rtl"
     for body in (html_part.get_content(), text_part.get_content(), str(message["Subject"])):

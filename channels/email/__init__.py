@@ -262,11 +262,27 @@ class RelayConfig(_Section):
 
 
 class EmailLimitsConfig(_Section):
+    """How many acknowledgements go out within a window: a loop with an auto-responder, or a flood of mails forging
+    strangers' addresses, must die out by itself rather than make the gateway send mail to people who never wrote."""
+
     acknowledgements_per_recipient: int = Field(
         10, ge=1, description="At most this many acknowledgements to one address within the window (Zammad's 10 in 10 minutes); "
         "beyond it they are suppressed, so a loop with a misconfigured auto-responder dies out."
     )
-    acknowledgement_window_seconds: float = Field(600, gt=0, description="The window of acknowledgements_per_recipient.")
+    acknowledgements_per_domain: int = Field(
+        100,
+        ge=1,
+        description="At most this many acknowledgements to the addresses of one domain within the window: mails naming many "
+        "forged addresses at one domain do not turn into as many acknowledgements (backscatter). Raise it where many "
+        "customers write from one provider's domain.",
+    )
+    acknowledgements_total: int = Field(
+        1000,
+        ge=1,
+        description="At most this many acknowledgements in all within the window, whichever the addresses: the ceiling on "
+        "how much mail forged complaints can make the gateway send. Set it above the busiest window of real complaints.",
+    )
+    acknowledgement_window_seconds: float = Field(600, gt=0, description="The window of the three limits above.")
 
 
 class EmailConfig(_Section):

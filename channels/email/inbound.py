@@ -195,7 +195,6 @@ class Inbound:
                 complaint,
                 acknowledgement,
                 to=recipient,
-                to_name=parsed.sender_name if recipient == parsed.sender else None,
                 in_reply_to=parsed.message_id,
                 references=parsed.references,
                 domain=self._domain,

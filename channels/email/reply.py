@@ -4,14 +4,22 @@ The payload is written to the spool with the complaint (``acknowledgement_payloa
 and handed to ``AcknowledgementSender.send_reply`` by ``intake.replies`` until it
 goes out: a relay outage delays acknowledgements, it loses none.
 
-Loops with auto-responders die out here: at most ``acknowledgements_per_recipient``
-acknowledgements go to one address per window. One beyond that is suppressed:
-the sender raises Rejected, so ``intake.replies`` records an
-``acknowledgement_failed`` event saying why instead of retrying it. A retried
-acknowledgement would still feed the loop (only later), and one dropped without
-an event would leave downstream believing the customer had been answered or
-that the acknowledgement was still on its way; the failed event lets a case
-worker see the complaint was never acknowledged, and why.
+Loops with auto-responders and backscatter die out here. Within a window at
+most ``acknowledgements_per_recipient`` go to one address, at most
+``acknowledgements_per_domain`` to the addresses of one domain and at most
+``acknowledgements_total`` in all: twelve mails forging twelve victims' addresses
+do not make twelve acknowledgements. None goes to a role or robot address
+(no-reply, a list's -request, mailer-daemon; ``normalizer.email.is_role_address``),
+whichever channel asks: the web form's copy to a typed address comes through
+here too. To: carries the address alone, never a display name a forger chose.
+One beyond a limit is suppressed: the sender raises Rejected, so
+``intake.replies`` records an ``acknowledgement_failed`` event saying why
+instead of retrying it. A retried acknowledgement would still feed the loop
+(only later), and one dropped without an event would leave downstream believing
+the customer had been answered or that the acknowledgement was still on its
+way; the failed event lets a case worker see the complaint was never
+acknowledged, and why. Suppressions are counted by limit in
+``intake_acknowledgements_suppressed``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import Policy
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
@@ -93,7 +101,6 @@ def acknowledgement_payload(
     acknowledgement: Acknowledgement,
     *,
     to: str,
-    to_name: str | None = None,
     in_reply_to: str | None = None,
     references: Iterable[str] = (),
     domain: str,
@@ -111,7 +118,6 @@ def acknowledgement_payload(
         chain = chain[:1] + chain[-(_MAX_REFERENCES - 1) :]
     return {
         "to": to,
-        "to_name": " ".join((to_name or "").split())[:200] or None,
         "subject": acknowledgement.subject,
         "text": acknowledgement.text,
         "direction": acknowledgement.direction,
@@ -121,8 +127,12 @@ def acknowledgement_payload(
     }
 
 
+def _recent(sent: dict[str, collections.deque[float]], since: float) -> collections.defaultdict[str, collections.deque[float]]:
+    return collections.defaultdict(collections.deque, {key: times for key, times in sent.items() if times and times[-1] > since})
+
+
 class AcknowledgementSender:
-    """``gateway.reply_senders["email"]``: sends one acknowledgement per call, rate-limited per recipient."""
+    """``gateway.reply_senders["email"]``: sends one acknowledgement per call, rate-limited per address, domain and in all."""
 
     def __init__(
         self,
@@ -139,7 +149,10 @@ class AcknowledgementSender:
         self._from_name = relay.from_name or organisation
         self._clock = clock
         # Per process: after a restart a loop gets one more window's worth, then stops again.
+        # Times of the acknowledgements sent (or on their way) within the window, by address, by domain, in all.
         self._sent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._sent_to_domain: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._sent_in_all: collections.deque[float] = collections.deque()
         self._swept_at = clock()
         self._tls = self._tls_context()
         # Access tokens for XOAUTH2 / OAUTHBEARER, where the relay has basic authentication off (Microsoft 365, Gmail).
@@ -154,28 +167,59 @@ class AcknowledgementSender:
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def _within_limit(self, recipient: str) -> bool:
+    def _limit_reached(self, recipient: str) -> str | None:
+        """Which limit another acknowledgement to ``recipient`` would break now ("recipient", "domain", "total"), None if none."""
         window = self._limits.acknowledgement_window_seconds
         now = self._clock()
         if now - self._swept_at >= window:
-            # Once per window, forget every address whose last acknowledgement is out of it: the map stays
-            # as small as the number of people acknowledged recently.
-            recent = {address: times for address, times in self._sent.items() if times and times[-1] > now - window}
-            self._sent = collections.defaultdict(collections.deque, recent)
+            # Once per window, forget every address and domain whose last acknowledgement is out of it: the maps
+            # stay as small as the number of people acknowledged recently.
+            self._sent = _recent(self._sent, now - window)
+            self._sent_to_domain = _recent(self._sent_to_domain, now - window)
             self._swept_at = now
-        sent = self._sent.get(recipient)
-        if not sent:
-            return True
-        while sent and sent[0] <= now - window:
-            sent.popleft()
-        return len(sent) < self._limits.acknowledgements_per_recipient
+        domain = recipient.rpartition("@")[2]
+        for limit, times, cap in (
+            ("recipient", self._sent.get(recipient), self._limits.acknowledgements_per_recipient),
+            ("domain", self._sent_to_domain.get(domain), self._limits.acknowledgements_per_domain),
+            ("total", self._sent_in_all, self._limits.acknowledgements_total),
+        ):
+            while times and times[0] <= now - window:
+                times.popleft()
+            if times is not None and len(times) >= cap:
+                return limit
+        return None
+
+    def _reserve(self, recipient: str) -> float:
+        """Count an acknowledgement against the limits before it is sent: concurrent sends cannot overshoot them."""
+        sent_at = self._clock()
+        self._sent[recipient].append(sent_at)
+        self._sent_to_domain[recipient.rpartition("@")[2]].append(sent_at)
+        self._sent_in_all.append(sent_at)
+        return sent_at
+
+    def _release(self, recipient: str, sent_at: float) -> None:
+        """An acknowledgement that did not go out does not count."""
+        for times in (self._sent.get(recipient), self._sent_to_domain.get(recipient.rpartition("@")[2]), self._sent_in_all):
+            if times is not None and sent_at in times:
+                times.remove(sent_at)
+
+    def _suppress(self, limit: str, reason: str, payload: dict[str, Any]) -> Rejected:
+        self._metrics.acknowledgements.labels(channel="email", outcome="suppressed").inc()
+        self._metrics.acknowledgements_suppressed.labels(channel="email", limit=limit).inc()
+        log.warning(
+            "acknowledgement suppressed: %s",
+            reason,
+            extra={"event": "acknowledgement_suppressed", "limit": limit, "reference": payload.get("reference")},
+        )
+        return Rejected(f"suppressed: {reason}")
 
     def compose(self, payload: dict[str, Any]) -> EmailMessage:
         """The acknowledgement as a message: localised, threaded, and marked as an automatic reply (RFC 3834)."""
         message = EmailMessage(policy=SMTP_POLICY)
         try:
             message["From"] = Address(display_name=self._from_name, addr_spec=self._relay.from_address)
-            message["To"] = formataddr((payload.get("to_name") or "", payload["to"]))
+            # The address alone: a display name comes from the mail we answer, and a forger writes it.
+            message["To"] = Address(addr_spec=payload["to"])
         except (ValueError, IndexError) as error:  # IndexError: the email package on some malformed addresses
             raise Rejected(f"not an address we can write to: {type(error).__name__}") from None
         message["Subject"] = payload["subject"]
@@ -204,16 +248,28 @@ class AcknowledgementSender:
     async def send_reply(self, payload: dict[str, Any]) -> None:
         """Send it; TemporaryFailure: try again later; Rejected: never (refused recipient, rate limit)."""
         recipient = payload["to"].strip().lower()
-        if not self._within_limit(recipient):
-            self._metrics.acknowledgements.labels(channel="email", outcome="suppressed").inc()
-            log.warning(
-                "acknowledgement suppressed: too many to one address",
-                extra={"event": "acknowledgement_suppressed", "reference": payload.get("reference")},
+        if mail.is_role_address(recipient):
+            raise self._suppress("role_address", "a role or robot address (no-reply, list manager, mailer daemon)", payload)
+        limit = self._limit_reached(recipient)
+        if limit is not None:
+            caps = {
+                "recipient": f"{self._limits.acknowledgements_per_recipient} acknowledgements to this address",
+                "domain": f"{self._limits.acknowledgements_per_domain} acknowledgements to this address's domain",
+                "total": f"{self._limits.acknowledgements_total} acknowledgements in all",
+            }
+            window = self._limits.acknowledgement_window_seconds
+            raise self._suppress(
+                limit, f"{caps[limit]} within {window:g} s (auto-responder loop and backscatter protection)", payload
             )
-            raise Rejected(
-                f"suppressed: {self._limits.acknowledgements_per_recipient} acknowledgements to this address within "
-                f"{self._limits.acknowledgement_window_seconds:g} s (auto-responder loop protection)"
-            )
+        sent_at = self._reserve(recipient)
+        try:
+            await self._deliver(payload)
+        except BaseException:
+            self._release(recipient, sent_at)
+            raise
+
+    async def _deliver(self, payload: dict[str, Any]) -> None:
+        """One acknowledgement through the relay; TemporaryFailure or Rejected as ``send_reply`` says."""
         message = self.compose(payload)
         relay = self._relay
         password = relay.password.get_secret_value() if relay.password and self._tokens is None else None
@@ -261,7 +317,6 @@ class AcknowledgementSender:
             raise TemporaryFailure(f"the relay answered {error.code} ({type(error).__name__})") from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             raise TemporaryFailure(f"the relay is unreachable ({type(error).__name__})") from None
-        self._sent[recipient].append(self._clock())
 
     async def _sign_in(self, client: aiosmtplib.SMTP, token: str) -> None:
         """AUTH XOAUTH2 or OAUTHBEARER with an access token.
