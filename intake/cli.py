@@ -1,4 +1,4 @@
-"""The ``intake`` command: serve, schema, asyncapi, check-config, topics, spool status."""
+"""The ``intake`` command: serve, schema, asyncapi, check-config, topics, spool status, dead-letters and find."""
 
 from __future__ import annotations
 
@@ -111,6 +111,46 @@ def _spool_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    from intake import inspection
+
+    settings = _settings(args.config)
+    try:
+        if args.dead_letter_command == "list":
+            print(json.dumps(inspection.dead_letters(settings.spool.path, limit=args.limit), indent=2, ensure_ascii=False))
+            return 0
+        described, raw = inspection.message(settings.spool.path, args.key, personal=args.personal or args.raw is not None)
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except inspection.NotFound:
+        print(f"no message {args.key!r} in the spool", file=sys.stderr)
+        return 1
+    if args.raw is not None and raw is not None:
+        Path(args.raw).write_bytes(raw)
+        described["raw"]["written_to"] = args.raw
+    if not (args.personal or args.raw is not None):
+        described["context"]["note"] = "fields naming people are left out; --personal shows them"
+    print(json.dumps(described, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _find(args: argparse.Namespace) -> int:
+    from intake import inspection
+
+    settings = _settings(args.config)
+    try:
+        found = inspection.find(settings.spool.path, args.reference, personal=args.personal)
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(json.dumps(found, indent=2, ensure_ascii=False))
+    return 0 if found["messages"] else 1
+
+
 def _topics(args: argparse.Namespace) -> int:
     from intake import topics
 
@@ -141,6 +181,21 @@ def parser() -> argparse.ArgumentParser:
     topics.set_defaults(run=_topics)
     spool = commands.add_parser("spool", help="inspect the spool").add_subparsers(dest="spool_command", required=True)
     spool.add_parser("status", help="pending events, replies, dead letters, capacity").set_defaults(run=_spool_status)
+    dead = spool.add_parser("dead-letters", help="messages kept but not readable as complaints").add_subparsers(
+        dest="dead_letter_command", required=True
+    )
+    listing = dead.add_parser("list", help="newest first: key, channel, reference, size, why")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(run=_dead_letters)
+    show = dead.add_parser("show", help="one message by its spool key (channel:id)")
+    show.add_argument("key")
+    show.add_argument("--personal", action="store_true", help="also show the channel's fields that name people")
+    show.add_argument("--raw", metavar="FILE", help="write the raw bytes, exactly as received, to FILE")
+    show.set_defaults(run=_dead_letters)
+    find = spool.add_parser("find", help="what the spool knows of a reference (C-XXXX-XXXX)")
+    find.add_argument("reference")
+    find.add_argument("--personal", action="store_true", help="also show the channel's fields that name people")
+    find.set_defaults(run=_find)
     return top
 
 

@@ -190,7 +190,8 @@ class Reception:
     async def _dead_letter(self, submission: Submission, ident: uuid.UUID, error: str, received_at: dt.datetime) -> Outcome:
         """Keep the raw message and tell the dead-letter topic why it is not a record."""
         submission.dead_letter = True
-        submission.answer = {"reference": submission.reference, "complaint_id": str(ident), "dead_lettered": True}
+        # The reason is kept with the message too: `intake spool dead-letters` shows it long after the event was published.
+        submission.answer = {"reference": submission.reference, "complaint_id": str(ident), "dead_lettered": True, "error": error[:500]}
         submission.events = [
             events.dead_letter_event(
                 spool_key=submission.key,
