@@ -93,11 +93,21 @@ async def _ensure(admin: AIOKafkaAdminClient, kafka: KafkaConfig, create: bool) 
             reports[name] = TopicReport(name, "missing", detail="create it with `intake topics` or set kafka.create_topics")
     present = [name for name in names if name not in reports]
     if present:
-        described = {topic["topic"]: topic for topic in await admin.describe_topics(present)}
+        described = await _described(admin, present, settle=bool(created))
         insync = await _min_insync(admin, present)
         for name in present:
             reports[name] = _compare(kafka, name, described.get(name), insync.get(name), created=name in created)
     return [reports[name] for name in names]
+
+
+async def _described(admin: AIOKafkaAdminClient, names: list[str], *, settle: bool) -> dict[str, dict[str, Any]]:
+    """Each topic's metadata; just after creating topics, until the brokers list their partitions (it takes a moment)."""
+    for _ in range(50 if settle else 1):
+        described = {topic["topic"]: topic for topic in await admin.describe_topics(names)}
+        if all(described.get(name, {}).get("partitions") for name in names):
+            break
+        await asyncio.sleep(0.1)
+    return described
 
 
 async def _min_insync(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, str]:
