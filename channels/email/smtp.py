@@ -53,6 +53,8 @@ class SmtpListener:
     # --- life -------------------------------------------------------------------
 
     name = "smtp"
+    # Set by the gateway when it runs several workers: each binds the same port, the kernel spreads connections.
+    reuse_port = False
 
     async def open(self) -> None:
         """Bind the listening socket before the gateway reports it has started; a taken port fails the start."""
@@ -63,7 +65,9 @@ class SmtpListener:
         await asyncio.to_thread(mail.warm_up)
         tls = self._tls_context()
         # On the gateway's own loop (not aiosmtpd's Controller thread): the spool's futures live on this loop.
-        self._server = await loop.create_server(lambda: self._session(loop, tls), self._config.host, self._config.port)
+        self._server = await loop.create_server(
+            lambda: self._session(loop, tls), self._config.host, self._config.port, reuse_port=self.reuse_port or None
+        )
         log.info("SMTP listener started", extra={"event": "smtp_listening", "host": self._config.host, "port": self.port})
 
     @property
