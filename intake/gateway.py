@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from channels import email as email_channel
 from channels.email.imap import MailboxWatcher
+from channels.email.smtp import SmtpListener
 from channels.telegram import TelegramChannel
 from channels.twilio import TwilioChannel
 from channels.web_form import WebFormChannel
@@ -214,7 +215,9 @@ class Gateway:
             self.reply_senders["telegram"] = telegram
 
     def _runs_here(self, service: Component) -> bool:
-        """A mailbox has one watcher per gateway, in worker 0; push listeners run in every worker."""
+        """A mailbox has one watcher per gateway, in worker 0; push listeners run in every worker, on a shared port."""
+        if isinstance(service, SmtpListener):
+            service.reuse_port = self.workers > 1
         return self.worker == 0 or not isinstance(service, MailboxWatcher)
 
     def _drain(self, path: Path, clock: Callable[[], float]) -> None:
