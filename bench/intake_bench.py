@@ -13,7 +13,8 @@ process stands in, and takes much of the CPU the servers need). Rows:
 Figures per row: accepted per second, p50/p99 latency to the answer, the
 server's CPU seconds (every process of it) per 1 000 accepted, the time from
 the first request until all are on the topic and from the last answer until
-then, and peak RSS (summed over its processes). ``--runs 3`` repeats every row
+then, peak RSS (summed over its processes), and the CPU it still spends
+afterwards (the tail: acknowledgements sent by mail, for SMTP). ``--runs 3`` repeats every row
 and prints medians; the goals of the project are checked against them.
 Run with `make bench`; see --help for the options.
 """
@@ -273,7 +274,23 @@ async def on_topic_at(bootstrap: str, topic: str, expect: int, timeout: float = 
     return time.time()
 
 
-def figures(drive: Drive, cpu: float, on_topic: float | None, memory: float) -> dict[str, float]:
+async def cpu_until_idle(pid: int, *, idle: float = 0.05, limit: float = 60.0) -> tuple[float, float]:
+    """CPU seconds the server still spends once its work is on the topic (acknowledgements by mail, pruning),
+    and for how long, until it uses under ``idle`` of a core for a second (or ``limit`` seconds)."""
+    started, begin = time.monotonic(), cpu_seconds(pid)
+    last, quiet_since = begin, time.monotonic()
+    while time.monotonic() - started < limit:
+        await asyncio.sleep(0.25)
+        now = cpu_seconds(pid)
+        if now - last > idle * 0.25:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= 1.0:
+            break
+        last = now
+    return last - begin, max(0.0, quiet_since - started)
+
+
+def figures(drive: Drive, cpu: float, on_topic: float | None, memory: float, tail: tuple[float, float] = (0.0, 0.0)) -> dict[str, float]:
     """The printed figures of one run; every latency is one accepted message."""
     latencies = sorted(drive.latencies)
     accepted = len(latencies)
@@ -286,6 +303,8 @@ def figures(drive: Drive, cpu: float, on_topic: float | None, memory: float) -> 
         "all_on_topic_s": float("nan") if on_topic is None else on_topic - drive.started,
         "after_last_s": float("nan") if on_topic is None else on_topic - drive.last_answer,
         "peak_rss_mib": memory,
+        "tail_cpu_s": tail[0],
+        "tail_s": tail[1],
         "refused": float(sum(n for status, n in drive.statuses.items() if status not in ("202", "250"))),
     }
 
@@ -360,7 +379,8 @@ class Bench:
         if topic is not None:
             on_topic = await on_topic_at(self.bootstrap, topic, expect_before + accepted)
         cpu = cpu_seconds(pid) - cpu_before
-        return figures(result, cpu, on_topic, peak_memory_mib(pid))
+        memory = peak_memory_mib(pid)
+        return figures(result, cpu, on_topic, memory, await cpu_until_idle(pid))
 
     async def webhook_row(
         self, name: str, command: list[str], port: int, topic: str, *, clients: int, cwd: Path = ROOT, rate: float = 0.0, requests: int | None = None
@@ -433,7 +453,7 @@ from_address = "complaints@example.test"
             relay.stop()
 
 
-COLUMNS = ["accepted_per_s", "p50_ms", "p99_ms", "cpu_s_per_1000", "all_on_topic_s", "after_last_s", "peak_rss_mib", "refused"]
+COLUMNS = ["accepted_per_s", "p50_ms", "p99_ms", "cpu_s_per_1000", "all_on_topic_s", "after_last_s", "peak_rss_mib", "tail_cpu_s", "tail_s", "refused"]
 
 
 def medians(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -447,6 +467,7 @@ def print_table(results: dict[str, dict[str, float]]) -> None:
     print(f"{'server':<34}" + "".join(f"{c:>15}" for c in COLUMNS))
     for name, row in results.items():
         print(f"{name:<34}" + "".join(f"{row[c]:>15.2f}" for c in COLUMNS))
+    print("(tail: CPU seconds spent, and for how long, once all was on the topic: e.g. acknowledgements by mail)")
 
 
 def goals(results: dict[str, dict[str, float]], default_name: str) -> list[tuple[str, bool, str]]:
