@@ -82,7 +82,7 @@ async def test_two_workers_share_the_port_survive_kill_9_of_one_and_stop_togethe
 
     async def both_up() -> bool:
         assert parent.poll() is None, (tmp_path / "gateway.log").read_text()[-3000:]
-        return len(_workers(parent.pid)) == 2 and await _ready(base)
+        return len(_workers(parent.pid)) == 2 and await _ready(base) and await _all_ready(base)
 
     try:
         await wait_for(both_up, timeout=60)
@@ -105,7 +105,7 @@ async def test_two_workers_share_the_port_survive_kill_9_of_one_and_stop_togethe
 
             async def restarted() -> bool:
                 now = _workers(parent.pid)
-                return 1 in now and now[1] != before[1] and now[0] == before[0] and await _ready(base)
+                return 1 in now and now[1] != before[1] and now[0] == before[0] and await _all_ready(base)
 
             await wait_for(restarted, timeout=30)
         finally:
@@ -123,6 +123,16 @@ async def test_two_workers_share_the_port_survive_kill_9_of_one_and_stop_togethe
     assert _workers(parent.pid) == {}
     assert {r.key for r in of_type(records, "received")} == accepted
     assert_no_duplicate_ce_id(of_type(records, "received"))
+
+
+async def _all_ready(base: str) -> bool:
+    """Both workers listen and are ready: one scrape, answered by either, says so for each."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+            page = await response.text()
+    except aiohttp.ClientError:
+        return False
+    return all(f'intake_ready{{worker="{index}"}} 1.0' in page for index in (0, 1))
 
 
 async def _ready(base: str) -> bool:
