@@ -29,6 +29,7 @@ from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake import topics
 from intake.errors import TemporaryFailure
+from intake.inbox import Normaliser
 from intake.metrics import Metrics
 from intake.pause import pause
 from intake.problems import problem
@@ -164,6 +165,9 @@ class Gateway:
         self.supervisor.add(self.publisher)
         self.supervisor.add(self.replies)
         self.supervisor.add(Housekeeping(self.spool, settings.spool.retention_hours * 3600))
+        # After the publisher and replies, before the channels: on stop, what the listeners took in last is normalised.
+        self.normaliser = Normaliser(self.spool, self.reception, clock=clock)
+        self.supervisor.add(self.normaliser)
         # Spools of workers a former run had and this one has not: published and answered from here.
         self.left_spools: list[Spool] = []
         if worker == 0:
@@ -237,6 +241,15 @@ class Gateway:
         self.left_spools.append(spool)
         log.info("draining the spool of a former worker", extra={"event": "spool_left_over", "path": str(path)})
 
+    async def _adopt_inbox(self, left: Spool) -> None:
+        """Move what a left-over spool has yet to normalise into this worker's inbox. Not one transaction
+        across two files: a crash between the two writes normalises a message twice, and the second is a
+        duplicate of the first by its channel's key."""
+        while batch := await left.to_normalise(float("inf"), limit=100):
+            for message in batch:
+                await self.spool.take_in(message.channel, message.raw, context=message.context, received_at=message.received_at)
+            await left.forget_inbox([message.id for message in batch])
+
     # --- life ---------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -244,6 +257,7 @@ class Gateway:
         await self.spool.open()
         for spool in self.left_spools:
             await spool.open()
+            await self._adopt_inbox(spool)
         for service in self.services:
             self.supervisor.add(service)
         await self.supervisor.start()

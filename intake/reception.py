@@ -5,6 +5,12 @@ that normalizes them. Reception derives the key, id and reference, composes
 the acknowledgement, and writes the raw message, its events and the reply to
 send in one spool transaction. Only when that has committed does the channel
 say yes to its sender.
+
+A channel with no answer to compose (SMTP) may instead hand over only the raw
+bytes (``receive_later``): they are stored in the spool's inbox, the channel
+says yes once that has committed, and the channel's own function, registered
+with ``normalize_later``, is called from the inbox (``intake.inbox``) to do
+what ``receive`` does, the inbox message going in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +44,8 @@ log = logging.getLogger("intake.reception")
 # ``reply_via`` adds a later reply on another channel to any of these.
 AckMode = Literal["inline", "reply", "none"]
 ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
+# What a channel does with a message from the inbox: (raw, received_at, context, inbox_id) to ``receive(..., inbox_id=...)``.
+LaterNormalizer = Callable[[bytes, dt.datetime, dict[str, Any], int], Awaitable["Outcome"]]
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,18 @@ class Reception:
         # Negotiating a locale parses every tag against the catalogs: the same few pairs of tags
         # come again and again, so each pair is negotiated once.
         self._locale = functools.lru_cache(maxsize=1024)(self._negotiate)
+        self.later: dict[str, LaterNormalizer] = {}
 
+    def normalize_later(self, channel: str, normalizer: LaterNormalizer) -> None:
+        """How ``channel``'s messages taken in by ``receive_later`` are normalised from the inbox."""
+        self.later[channel] = normalizer
+
+    async def receive_later(self, *, channel: Channel, raw: bytes, received_at: dt.datetime, context: dict[str, Any]) -> int:
+        """Store the raw bytes to be normalised after the sender has been told yes; the inbox id.
+
+        Raises SpoolFull or TemporaryFailure when they could not be stored: then the sender must hear "try again"."""
+        assert channel in self.later, f"{channel} takes messages in raw but registered no normalize_later"
+        return await self.spool.take_in(channel, raw, context=context, received_at=received_at.timestamp())
     def _negotiate(self, preferences: tuple[str, ...]) -> str:
         # In order; a language without a catalog falls through to the operator's default, not to English.
         return negotiate([*preferences, self._ack.default_locale], default=self._ack.default_locale)
@@ -123,8 +142,11 @@ class Reception:
         context: dict[str, Any] | None = None,
         cursor: tuple[str, str] | None = None,
         dead_letter_invalid: bool = False,
+        inbox_id: int | None = None,
     ) -> Outcome:
-        """Store one received message; raises InvalidMessage (unless dead-lettering), TemporaryFailure, SpoolFull."""
+        """Store one received message; raises InvalidMessage (unless dead-lettering), TemporaryFailure, SpoolFull.
+
+        ``inbox_id``: the message comes from the inbox, and leaves it in the same transaction."""
         key = spool_key(channel, channel_message_id)
         submission = Submission(
             key=key,
@@ -136,6 +158,7 @@ class Reception:
             context=context or {},
             cursor=cursor,
             received_at=received_at.timestamp(),
+            inbox_id=inbox_id,
         )
         try:
             complaint = normalize()

@@ -12,6 +12,13 @@ is also handed to the publisher in memory (``take_events``), so the fast path
 never reads its own writes back; the rows on disk are for what memory cannot
 hold: a restart, a failed send, a backlog while Kafka is away.
 
+The inbox holds raw messages stored before they are normalised (SMTP: the 250
+is said once the mail is durable, as Postfix's queue does). Normalising one
+writes its message row, events and reply and deletes it from the inbox in one
+transaction, so a crash in between normalises it again after the restart.
+Inbox messages count as pending events (one each, their raw bytes) against
+the outbox's limits: they are what Kafka has not got yet.
+
 Its size on disk is bounded by ``max_total_bytes`` and by what the disk has
 free, whichever is smaller. Near the bound, the oldest raw messages whose
 events are published and replies sent give way, even inside retention;
@@ -92,6 +99,16 @@ CREATE TABLE IF NOT EXISTS reply (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS reply_due ON reply (channel, not_before);
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    raw BLOB NOT NULL,               -- exactly as received, not yet normalised
+    context TEXT NOT NULL,           -- JSON: what the channel needs to normalise it
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
 CREATE TABLE IF NOT EXISTS cursor (
     name TEXT PRIMARY KEY,           -- a pull channel's durable position (IMAP UID, Telegram offset)
     value TEXT NOT NULL
@@ -184,6 +201,18 @@ class StoredReply(Reply):
     attempts: int = 0
 
 
+@dataclass(frozen=True)
+class InboxMessage:
+    """A raw message taken in and not yet normalised."""
+
+    id: int
+    channel: str
+    received_at: float
+    raw: bytes
+    context: dict[str, Any]
+    attempts: int
+
+
 @dataclass
 class Submission:
     """Everything one received message writes, committed together or not at all."""
@@ -200,6 +229,7 @@ class Submission:
     cursor: tuple[str, str] | None = None
     dead_letter: bool = False
     received_at: float = field(default_factory=time.time)
+    inbox_id: int | None = None  # the inbox message this normalises, deleted in the same transaction
 
 
 @dataclass(frozen=True)
@@ -227,6 +257,7 @@ class SpoolStatus:
     oldest_message_age: float | None = None  # the retention actually kept, when the bound made it shorter
     refusing: str | None = None  # why complaints are refused for want of room, if they are
     fault: str | None = None
+    to_normalise: int = 0  # raw messages in the inbox (counted in ``messages`` too)
 
     @property
     def full(self) -> bool:
@@ -320,6 +351,7 @@ class Spool:
         self._memory_rows = memory_rows
         self._memory_bytes = memory_bytes
         self.events_written = asyncio.Event()
+        self.inbox_written = asyncio.Event()
         self.commits = 0
         self.pruned_early = 0  # raw messages pruned inside retention to make room
         # Set in the writer thread or a reader thread, read on the loop: assignments are atomic under the GIL.
@@ -335,6 +367,7 @@ class Spool:
         self._room_bound = "max_total_bytes"  # what bounds it: max_total_bytes or the disk
         self._checkpoint_due = False
         self._batch_rows: list[_Row] = []  # outbox rows the batch in progress inserted
+        self._batch_took_in = False  # the batch in progress added to the inbox
 
     @classmethod
     def from_config(cls, config: SpoolConfig) -> Spool:
@@ -599,6 +632,10 @@ class Spool:
             # A complaint refused for a full disk is a full spool to its sender; a drain just failed.
             refusal = SpoolFull(f"spool write failed: {self._write_fault}")
             return [(job.future, None, refusal if job.size else failure) for job in batch]
+        if self._batch_took_in:
+            self._batch_took_in = False
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.inbox_written.set)
         if self._batch_rows:
             assert self._loop is not None
             # Queued before the batch's outcomes: a caller told "stored" finds its events already handed over.
@@ -614,6 +651,7 @@ class Spool:
         conn.execute("BEGIN IMMEDIATE")
         self._room = None
         self._batch_rows = []
+        self._batch_took_in = False
         for job in batch:
             if not isolated:
                 try:
@@ -641,7 +679,8 @@ class Spool:
 
     def _recount(self, conn: sqlite3.Connection) -> None:
         count, size = conn.execute("SELECT coalesce(sum(events), 0), coalesce(sum(bytes), 0) FROM outbox").fetchone()
-        self._pending_events, self._pending_bytes = count, size
+        waiting, raw = conn.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM inbox").fetchone()
+        self._pending_events, self._pending_bytes = count + waiting, size + raw
         self._batch_rows = []  # a failed batch's rows were rolled back with it
 
     @staticmethod
@@ -806,10 +845,12 @@ class Spool:
         Raises SpoolFull when the outbox is at its limits or the spool has no room left that
         pruning can make (decided in the writer, so that concurrent submissions cannot overshoot),
         TemporaryFailure when the write fails."""
-        self._check_capacity()  # the cheap early answer while full; the binding check is in the op
+        if submission.inbox_id is None:  # from the inbox, it was counted when it was taken in
+            self._check_capacity()  # the cheap early answer while full; the binding check is in the op
 
         def op(conn: sqlite3.Connection) -> Receipt:
-            self._reserve_pending(submission.events)
+            if submission.inbox_id is None:
+                self._reserve_pending(submission.events)
             context = json.dumps(submission.context)
             answer = json.dumps(submission.answer)
             payloads = [json.dumps(reply.payload) for reply in submission.replies]
@@ -830,6 +871,8 @@ class Spool:
                     "dead_letter" if submission.dead_letter else "accepted",
                 ),
             ).rowcount
+            if submission.inbox_id is not None:
+                self._leave_inbox(conn, submission.inbox_id)
             if not inserted:
                 row = conn.execute("SELECT raw_digest, answer FROM message WHERE key = ?", (submission.key,)).fetchone()
                 if submission.cursor is not None:
@@ -847,6 +890,67 @@ class Spool:
 
         # Never 0: a size marks the op as one that adds, refused while the disk is full.
         return await self._write(op, size=len(submission.raw) + sum(len(e.value) for e in submission.events) or 1)
+
+    def _leave_inbox(self, conn: sqlite3.Connection, inbox_id: int) -> None:
+        left = conn.execute("DELETE FROM inbox WHERE id = ? RETURNING length(raw)", (inbox_id,)).fetchone()
+        if left is not None:  # gone already: normalised twice (a retry after an unknown outcome)
+            self._pending_events -= 1
+            self._pending_bytes -= left[0]
+
+    # --- the inbox: raw messages normalised after they were taken in ------------
+
+    async def take_in(self, channel: str, raw: bytes, *, context: dict[str, Any], received_at: float) -> int:
+        """Store a raw message to normalise later; its id. Raises SpoolFull or TemporaryFailure as ``accept``."""
+        self._check_capacity()
+
+        def op(conn: sqlite3.Connection) -> int:
+            encoded = json.dumps(context)
+            if self._pending_events and (
+                self._pending_events + 1 > self.max_pending_events or self._pending_bytes + len(raw) > self.max_pending_bytes
+            ):
+                raise SpoolFull("the spool is full; Kafka is not keeping up")
+            self._make_room(conn, len(raw) + len(encoded) + len(channel) + _ROW_OVERHEAD)
+            inbox_id = conn.execute(
+                "INSERT INTO inbox (channel, received_at, raw, context) VALUES (?, ?, ?, ?)", (channel, received_at, raw, encoded)
+            ).lastrowid
+            self._pending_events += 1
+            self._pending_bytes += len(raw)
+            self._batch_took_in = True
+            assert inbox_id is not None
+            return inbox_id
+
+        return await self._write(op, size=len(raw) or 1)
+
+    async def to_normalise(self, now: float, limit: int = 32) -> list[InboxMessage]:
+        """Inbox messages due for normalising, oldest first."""
+
+        def query(conn: sqlite3.Connection) -> list[InboxMessage]:
+            rows = conn.execute(
+                "SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE not_before <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [InboxMessage(i, ch, at, raw, json.loads(context), attempts) for i, ch, at, raw, context, attempts in rows]
+
+        return await self._read(query)
+
+    async def normalise_failed(self, inbox_id: int, *, retry_at: float, error: str) -> None:
+        """Normalising it failed for now (a store of ours unavailable): it stays, and is tried again at ``retry_at``."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE inbox SET attempts = attempts + 1, not_before = ?, last_error = ? WHERE id = ?", (retry_at, error[:500], inbox_id)
+            )
+
+        await self._write(op)
+
+    async def forget_inbox(self, ids: list[int]) -> None:
+        """Drop inbox messages handed elsewhere (to another worker's spool) without normalising them here."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            for inbox_id in ids:
+                self._leave_inbox(conn, inbox_id)
+
+        await self._write(op)
 
     def _insert_events(self, conn: sqlite3.Connection, message_key: str | None, events: list[Event], body: bytes | None = None) -> None:
         """One outbox row for all of ``events``, remembered for the hand-over once the batch commits."""
@@ -1065,7 +1169,8 @@ class Spool:
 
     async def status(self) -> SpoolStatus:
         def query(conn: sqlite3.Connection) -> SpoolStatus:
-            messages = conn.execute("SELECT count(*) FROM message").fetchone()[0]
+            waiting = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
+            messages = conn.execute("SELECT count(*) FROM message").fetchone()[0] + waiting
             dead = conn.execute("SELECT count(*) FROM message WHERE state = 'dead_letter'").fetchone()[0]
             events, size = conn.execute("SELECT coalesce(sum(events), 0), coalesce(sum(bytes), 0) FROM outbox").fetchone()
             oldest = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
@@ -1087,6 +1192,7 @@ class Spool:
                 oldest_message_age=None if first is None else max(0.0, time.time() - first),
                 refusing=self._refusing or self._disk_full,
                 fault=self.fault,
+                to_normalise=waiting,
             )
 
         return await self._read(query)
