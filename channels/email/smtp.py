@@ -1,7 +1,9 @@
 """The SMTP listener: aiosmtpd on the gateway's event loop, answering 250 only once a mail is in the spool.
 
 RFC 5321: a 250 after DATA takes responsibility for the message, so it is
-said after the spool write has committed. Every failure of ours is a 451 the
+said after the spool write has committed: of the raw mail, into the spool's
+inbox; it is parsed and normalised after (``Inbound.receive_later``), since
+a mail has no answer to compose. Every failure of ours is a 451 the
 sending MTA retries, never a 5xx that would bounce the customer's complaint;
 5xx is kept for what is the sender's: a recipient we do not take mail for
 (550: no open relay) and a message over the size limit (552).
@@ -164,7 +166,7 @@ class SmtpListener:
         self._in_flight += 1
         self._idle.clear()
         try:
-            outcome = await self._inbound.receive(
+            queued = await self._inbound.receive_later(
                 raw,
                 received_at=received_at,
                 envelope_sender=envelope_sender,
@@ -182,8 +184,6 @@ class SmtpListener:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-        log.info(
-            "mail received",
-            extra={"event": "smtp_received", "reference": outcome.reference, "duplicate": outcome.duplicate, "size": len(raw)},
-        )
-        return f"250 2.0.0 OK: {outcome.reference}"
+        # Its reference is known once it is normalised, logged then by reception.
+        log.info("mail queued", extra={"event": "smtp_queued", "inbox_id": queued, "size": len(raw)})
+        return f"250 2.0.0 OK: queued as {queued}"
