@@ -440,7 +440,12 @@ def _labelled(pages: dict[int, str]) -> bytes:
     """Several workers' pages as one, each sample with a ``worker`` label, each family once."""
     families: dict[str, Metric] = {}
     for index, page in sorted(pages.items()):
-        for family in text_string_to_metric_families(page):
+        try:
+            read = list(text_string_to_metric_families(page))
+        except ValueError:  # not a worker's page (a stale port file, the port since taken by another program)
+            log.warning("a worker's metrics could not be read", extra={"event": "worker_metrics_unreadable", "worker": index})
+            continue
+        for family in read:
             merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
             merged.samples.extend(sample._replace(labels={**sample.labels, "worker": str(index)}) for sample in family.samples)
     registry = CollectorRegistry(auto_describe=False)
