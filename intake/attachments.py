@@ -48,6 +48,16 @@ class AttachmentStore:
         if any(size > self.max_bytes for size in sizes):
             raise Rejected(f"an attachment may be at most {self.max_bytes} bytes")
 
+    def check_writable(self) -> None:
+        """Raise TemporaryFailure when attachments cannot be stored now. For a channel that answers before
+        it stores them (SMTP): a store known to be broken is a "try again", not a yes it cannot keep promptly."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TemporaryFailure(f"attachment store: {error.strerror or error}") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise TemporaryFailure("attachment store: not writable")
+
     def location(self, digest: str) -> str:
         return (self.directory.resolve() / digest[:2] / digest).as_uri()
 

@@ -26,11 +26,22 @@ def _config_path(value: str | None) -> Path | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from intake.gateway import Gateway
+    from intake import workers
 
     settings = _settings(args.config)
     logs.configure(settings.log_level, settings.log_format)
-    _event_loop_runner()(Gateway(settings).serve())
+    count = args.workers if args.workers is not None else workers.default_count()
+    if count < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if count > 1 and args.worker_index is None:
+        # The parent: the workers read the same configuration and environment.
+        stop_timeout = settings.drain_seconds + settings.shutdown_grace_seconds + 15
+        return workers.Workers(count, workers.serve_command(args.config), stop_timeout=stop_timeout).run()
+    from intake.gateway import Gateway
+
+    index = args.worker_index or 0
+    _event_loop_runner()(Gateway(settings, worker=index, workers=count).serve())
     return 0
 
 
@@ -168,7 +179,14 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="intake", description="Omnichannel complaint intake gateway.")
     top.add_argument("--config", "-c", help="TOML configuration file (default: $INTAKE_CONFIG, else built-in defaults)")
     commands = top.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the gateway").set_defaults(run=_serve)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="gateway processes sharing the listening ports, each with its own spool (default: the cores this process may use)",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the parent for each worker
+    serve.set_defaults(run=_serve)
     commands.add_parser("schema", help="print the complaint record's JSON Schema").set_defaults(run=_schema)
     commands.add_parser(
         "asyncapi", help="print the AsyncAPI 3.0 document of the topics (headers, keys, payload schemas) for consumers"

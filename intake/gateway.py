@@ -6,15 +6,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from channels import email as email_channel
+from channels.email.imap import MailboxWatcher
+from channels.email.smtp import SmtpListener
 from channels.telegram import TelegramChannel
 from channels.twilio import TwilioChannel
 from channels.web_form import WebFormChannel
@@ -23,6 +29,7 @@ from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake import topics
 from intake.errors import TemporaryFailure
+from intake.inbox import Normaliser
 from intake.metrics import Metrics
 from intake.pause import pause
 from intake.problems import problem
@@ -31,6 +38,7 @@ from intake.reception import Reception
 from intake.replies import Replies, ReplySender
 from intake.spool import Spool
 from intake.supervisor import Component, Supervisor
+from intake.workers import spools_beyond, worker_spool_path
 
 log = logging.getLogger("intake.gateway")
 
@@ -87,7 +95,11 @@ class Housekeeping:
 
 
 class Gateway:
-    """One gateway process: everything ``intake serve`` runs."""
+    """One gateway process: everything ``intake serve`` runs, or one of its workers (``intake.workers``).
+
+    Worker ``worker`` of ``workers`` has its own spool (``worker_spool_path``). Worker 0 also runs
+    what must run once per gateway: the pull channels (IMAP mailboxes, Telegram long polling), and
+    the draining of spools left by workers beyond the current count."""
 
     def __init__(
         self,
@@ -95,24 +107,30 @@ class Gateway:
         *,
         producer_factory: ProducerFactory = default_producer,
         clock: Callable[[], float] = time.time,
+        worker: int = 0,
+        workers: int = 1,
     ) -> None:
         self.settings = settings
+        self.worker = worker
+        self.workers = workers
         self.metrics = Metrics()
-        self.spool = Spool.from_config(settings.spool)
+        self.spool = Spool.from_config(settings.spool.model_copy(update={"path": worker_spool_path(settings.spool.path, worker)}))
         kafka = settings.kafka
+        self._publisher_settings = PublisherSettings(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=kafka.client_id,
+            window=kafka.window,
+            linger_ms=kafka.linger_ms,
+            max_request_size=kafka.max_request_size,
+            send_timeout=kafka.send_timeout_seconds,
+            stall_after=kafka.stall_seconds,
+            shutdown_flush_timeout=settings.shutdown_grace_seconds,
+            security=kafka.security(),
+        )
+        self._producer_factory = producer_factory
         self.publisher = Publisher(
             self.spool,
-            PublisherSettings(
-                bootstrap_servers=kafka.bootstrap_servers,
-                client_id=kafka.client_id,
-                window=kafka.window,
-                linger_ms=kafka.linger_ms,
-                max_request_size=kafka.max_request_size,
-                send_timeout=kafka.send_timeout_seconds,
-                stall_after=kafka.stall_seconds,
-                shutdown_flush_timeout=settings.shutdown_grace_seconds,
-                security=kafka.security(),
-            ),
+            self._publisher_settings,
             self.metrics,
             producer_factory,
             topics_check=lambda: topics.ensure(kafka, create=kafka.create_topics),
@@ -147,6 +165,14 @@ class Gateway:
         self.supervisor.add(self.publisher)
         self.supervisor.add(self.replies)
         self.supervisor.add(Housekeeping(self.spool, settings.spool.retention_hours * 3600))
+        # After the publisher and replies, before the channels: on stop, what the listeners took in last is normalised.
+        self.normaliser = Normaliser(self.spool, self.reception, clock=clock)
+        self.supervisor.add(self.normaliser)
+        # Spools of workers a former run had and this one has not: published and answered from here.
+        self.left_spools: list[Spool] = []
+        if worker == 0:
+            for path in spools_beyond(settings.spool.path, workers):
+                self._drain(path, clock)
 
         self.app = web.Application(
             client_max_size=max(settings.webhook.max_body_bytes, 1024 * 1024),
@@ -178,7 +204,7 @@ class Gateway:
             self._add_channel_routes("web_form", web_form.routes())
         if settings.email.enabled:
             email = email_channel.build(settings, self)
-            self.services.extend(email.services)
+            self.services.extend(service for service in email.services if self._runs_here(service))
             if email.sender is not None:
                 self.reply_senders["email"] = email.sender
         if settings.twilio.enabled:
@@ -187,7 +213,8 @@ class Gateway:
             )
             self._add_channel_routes("twilio", twilio.routes())
             self.services.append(twilio)
-        if settings.telegram.enabled:
+        # Long polling has one owner per bot; its complaints, and so its replies, are all in worker 0's spool.
+        if settings.telegram.enabled and (settings.telegram.mode == "webhook" or worker == 0):
             telegram = TelegramChannel(
                 settings.telegram, self.reception, self.attachments, public_base_url=settings.http.public_base_url, clock=clock
             )
@@ -195,11 +222,46 @@ class Gateway:
             self.services.append(telegram)
             self.reply_senders["telegram"] = telegram
 
+    def _runs_here(self, service: Component) -> bool:
+        """A mailbox has one watcher per gateway, in worker 0; push listeners run in every worker, on a shared port."""
+        if isinstance(service, SmtpListener):
+            service.reuse_port = self.workers > 1
+        return self.worker == 0 or not isinstance(service, MailboxWatcher)
+
+    def _drain(self, path: Path, clock: Callable[[], float]) -> None:
+        """Publish and answer what a spool of a worker beyond the current count still holds. Its raw
+        messages stay in its file (dead letters, redeliveries within retention are then new)."""
+        spool = Spool.from_config(self.settings.spool.model_copy(update={"path": path}))
+        publisher = Publisher(spool, self._publisher_settings, self.metrics, self._producer_factory)
+        publisher.name = f"publisher:{path.name}"
+        ack = self.settings.acknowledgement
+        replies = Replies(
+            spool, self.reception, self.metrics, self.reply_senders, max_attempts=ack.max_attempts,
+            first_retry=ack.retry_first_seconds, max_retry=ack.retry_max_seconds, clock=clock,
+        )  # fmt: skip
+        replies.name = f"replies:{path.name}"
+        self.supervisor.add(publisher)
+        self.supervisor.add(replies)
+        self.left_spools.append(spool)
+        log.info("draining the spool of a former worker", extra={"event": "spool_left_over", "path": str(path)})
+
+    async def _adopt_inbox(self, left: Spool) -> None:
+        """Move what a left-over spool has yet to normalise into this worker's inbox. Not one transaction
+        across two files: a crash between the two writes normalises a message twice, and the second is a
+        duplicate of the first by its channel's key."""
+        while batch := await left.to_normalise(float("inf"), limit=100):
+            for message in batch:
+                await self.spool.take_in(message.channel, message.raw, context=message.context, received_at=message.received_at)
+            await left.forget_inbox([message.id for message in batch])
+
     # --- life ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the spool and start every component under the supervisor; the HTTP side is started by the caller."""
         await self.spool.open()
+        for spool in self.left_spools:
+            await spool.open()
+            await self._adopt_inbox(spool)
         for service in self.services:
             self.supervisor.add(service)
         await self.supervisor.start()
@@ -214,6 +276,8 @@ class Gateway:
         self.draining = True
         await self.supervisor.stop(timeout=self.settings.shutdown_grace_seconds + 5)
         await self.spool.close()
+        for spool in self.left_spools:
+            await spool.close()
         log.info("gateway stopped", extra={"event": "stopped"})
 
     async def serve(self) -> None:
@@ -222,9 +286,11 @@ class Gateway:
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_seconds)
         await runner.setup()
         http = self.settings.http
-        site = web.TCPSite(runner, http.host, http.port)
+        # Workers share the port: the kernel spreads connections across their sockets.
+        site = web.TCPSite(runner, http.host, http.port, reuse_port=self.workers > 1 or None)
         await site.start()
-        log.info("listening", extra={"event": "listening", "host": http.host, "port": http.port})
+        siblings = await self._serve_own_metrics() if self.workers > 1 else None
+        log.info("listening", extra={"event": "listening", "host": http.host, "port": http.port, "worker": self.worker})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -237,6 +303,9 @@ class Gateway:
         await asyncio.sleep(self.settings.drain_seconds)
         # Stops accepting connections and lets in-flight requests finish, then the loops.
         await runner.cleanup()
+        if siblings is not None:
+            self._metrics_port_file(self.worker).unlink(missing_ok=True)
+            await siblings.cleanup()
         await self.stop()
 
     # --- operations endpoints ---------------------------------------------------
@@ -324,11 +393,84 @@ class Gateway:
         publishing = self.supervisor.state(self.publisher.name).state == "ok" and self.publisher.kafka_available
         self.metrics.kafka_up.set(1 if publishing else 0)
 
-    async def metrics_page(self, request: web.Request) -> web.Response:
+    async def _own_metrics(self) -> bytes:
         self._update_component_gauges(self.readiness()[0])
         self.metrics.spool_pending_events.set(self.spool.pending_events_count)
         self.metrics.spool_pending_bytes.set(self.spool.pending_bytes_count)
         with contextlib.suppress(TemporaryFailure):  # a scrape must not fail for a busy spool
             status = await self.spool.status()
             self.metrics.publish_lag.set(status.oldest_pending_age or 0.0)
-        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return generate_latest(self.metrics.registry)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        """This process's metrics; with workers, every worker's, each sample labelled with its ``worker``:
+        a scrape reaches one worker through the shared port, and must see them all."""
+        own = await self._own_metrics()
+        if self.workers == 1:
+            return web.Response(body=own, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        pages = {self.worker: own.decode()}
+        others = [index for index in range(self.workers) if index != self.worker]
+        fetched = await asyncio.gather(*(self._sibling_metrics(index) for index in others))
+        pages.update({index: page for index, page in zip(others, fetched, strict=True) if page is not None})
+        return web.Response(body=_labelled(pages), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # --- metrics across workers ---------------------------------------------------
+
+    def _metrics_port_file(self, index: int) -> Path:
+        path = self.settings.spool.path
+        return path.with_name(f"{path.stem}.worker-{index}.metrics-port")
+
+    async def _serve_own_metrics(self) -> web.AppRunner:
+        """A loopback listener of this worker's own metrics, for its siblings; its port in a file beside the spool."""
+        app = web.Application()
+
+        async def own(request: web.Request) -> web.Response:
+            return web.Response(body=await self._own_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app.router.add_get("/metrics", own)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        target = self._metrics_port_file(self.worker)
+        scratch = target.with_name(f"{target.name}.{os.getpid()}")
+        scratch.write_text(str(port))
+        scratch.replace(target)  # a sibling never reads half a number
+        return runner
+
+    async def _sibling_metrics(self, index: int) -> str | None:
+        """Another worker's own page; None while it is not there (restarting): its samples are then missing."""
+        try:
+            port = int(self._metrics_port_file(index).read_text())
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    return await response.text() if response.status == 200 else None
+        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+
+
+class _Families:
+    """A collector of metric families already read, for rendering them in one exposition."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+def _labelled(pages: dict[int, str]) -> bytes:
+    """Several workers' pages as one, each sample with a ``worker`` label, each family once."""
+    families: dict[str, Metric] = {}
+    for index, page in sorted(pages.items()):
+        try:
+            read = list(text_string_to_metric_families(page))
+        except ValueError:  # not a worker's page (a stale port file, the port since taken by another program)
+            log.warning("a worker's metrics could not be read", extra={"event": "worker_metrics_unreadable", "worker": index})
+            continue
+        for family in read:
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            merged.samples.extend(sample._replace(labels={**sample.labels, "worker": str(index)}) for sample in family.samples)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))  # type: ignore[arg-type]
+    return generate_latest(registry)

@@ -6,6 +6,10 @@ brokers are down, so every wait here is sliced and bounded: the loop keeps
 reporting state, and stops when asked, whatever Kafka does. An event leaves
 the spool only after its send future has resolved; an unknown outcome is
 resent with the same ``ce_id``.
+
+Events come from the spool's memory of its latest commits (``take_events``),
+so the publisher reads the disk only when it is behind: after a start, a
+failed send, or a backlog larger than that memory.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -62,11 +67,11 @@ def default_producer(settings: PublisherSettings) -> AIOKafkaProducer:
     )
 
 
-def _header(event: StoredEvent, name: str) -> str:
+def _header(event: StoredEvent, name: str) -> bytes:
     for key, value in event.headers:
         if key == name:
-            return value.decode()
-    return ""
+            return value
+    return b""
 
 
 class Publisher:
@@ -90,6 +95,9 @@ class Publisher:
         self._stopping = asyncio.Event()
         self._backoff = 0.5
         self._unmarked: list[int] = []
+        # The last outbox row handed to Kafka and acknowledged (or being marked); 0 starts again from
+        # the oldest unpublished row, as after a failed send.
+        self._after = 0
         self.name = "publisher"
         self.kafka_available = False
         self.last_error: str | None = None
@@ -159,6 +167,7 @@ class Publisher:
     async def run(self) -> None:
         """Relay the outbox until stopped. A spool that cannot be read or written is waited out here;
         anything unforeseen ends this call and the supervisor starts it again."""
+        self._after = 0  # a new run (a start, a restart after a crash) resends whatever is unpublished
         try:
             while not self._stopping.is_set():
                 if self._unmarked:
@@ -175,7 +184,7 @@ class Publisher:
                     await self._check_topics()
                 self._spool.events_written.clear()
                 try:
-                    batch = await self._spool.pending_events(after_seq=0, limit=self._settings.window)
+                    batch = await self._spool.take_events(after_seq=self._after, limit=self._settings.window)
                 except TemporaryFailure as error:
                     self._spool_failed(f"reading the outbox: {error}")
                     await self._back_off()
@@ -248,31 +257,44 @@ class Publisher:
         assert self._producer is not None
         futures: dict[asyncio.Future[object], StoredEvent] = {}
         send_error: str | None = None
-        for event in batch:
-            try:
-                future = await asyncio.wait_for(
-                    self._producer.send(event.topic, value=event.value, key=event.key, headers=event.headers),
-                    timeout=self._settings.send_timeout,
-                )
-            except (KafkaError, asyncio.TimeoutError) as error:
-                # Nothing after this event is sent now, so per-key order holds when it is retried.
-                send_error = f"send: {type(error).__name__}: {error}"
-                break
-            futures[future] = event
+        loop = asyncio.get_running_loop()
+        send = self._producer.send
+        try:
+            # One timeout for the batch, moved on by each send (a send waits only for metadata or
+            # room in the producer's buffer): cheaper than a task per send under wait_for.
+            async with asyncio.timeout(self._settings.send_timeout) as deadline:
+                for event in batch:
+                    deadline.reschedule(loop.time() + self._settings.send_timeout)
+                    futures[await send(event.topic, value=event.value, key=event.key, headers=event.headers)] = event
+        except (KafkaError, TimeoutError) as error:
+            # Nothing after this event is sent now, so per-key order holds when it is retried.
+            send_error = f"send: {type(error).__name__}: {error}"
 
         published, failed = await self._await_all(futures)
+        # A row's events go or stay together: a row with one event not acknowledged is sent again whole
+        # (same ce_ids), and so is the row a failed send stopped in.
+        unfinished = {e.seq for f, e in futures.items() if not f.done() or f.cancelled() or f.exception() is not None}
+        if send_error and len(futures) < len(batch):
+            unfinished.add(batch[len(futures)].seq)
+        done = sorted({e.seq for e in published} - unfinished)
         if published:
-            for event in published:
-                self._metrics.published.labels(type=_header(event, "ce_type")).inc()
+            for ce_type, count in Counter(_header(event, "ce_type") for event in published).items():
+                self._metrics.published.labels(type=ce_type.decode()).inc(count)
             self._up()
-            await self._mark([e.seq for e in published])
-        if failed or send_error:
+        if done:
+            await self._mark(done)
+        error = send_error or (failed[0] if failed else None)
+        if error is not None:
             self._metrics.publish_failures.inc(max(1, len(failed)))
-            self._down(send_error or failed[0])
-            if self._fatal(send_error or failed[0]):
+            self._down(error)
+            if self._fatal(error):
                 await self._close(self._producer)
                 self._producer = None
             await self._back_off()
+        if error is not None or unfinished or len(futures) < len(batch):
+            self._after = 0  # everything still pending is sent again, in order, from the disk
+        else:
+            self._after = batch[-1].seq
 
     async def _await_all(self, futures: dict[asyncio.Future[object], StoredEvent]) -> tuple[list[StoredEvent], list[str]]:
         published: list[StoredEvent] = []

@@ -5,23 +5,31 @@ that normalizes them. Reception derives the key, id and reference, composes
 the acknowledgement, and writes the raw message, its events and the reply to
 send in one spool transaction. Only when that has committed does the channel
 say yes to its sender.
+
+A channel with no answer to compose (SMTP) may instead hand over only the raw
+bytes (``receive_later``): they are stored in the spool's inbox, the channel
+says yes once that has committed, and the channel's own function, registered
+with ``normalize_later``, is called from the inbox (``intake.inbox``) to do
+what ``receive`` does, the inbox message going in the same transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from intake import events
 from intake.acknowledgement import Acknowledgement, compose
 from intake.config import AcknowledgementConfig
+from intake.i18n import negotiate
 from intake.metrics import Metrics
 from intake.spool import Event, Reply, Spool, Submission
 from normalizer.errors import InvalidMessage
@@ -39,6 +47,8 @@ AckMode = Literal["inline", "reply", "none"]
 # acknowledgement must not invite one.
 _REPLYABLE = frozenset({"email", "sms", "mms", "whatsapp", "telegram"})
 ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
+# What a channel does with a message from the inbox: (raw, received_at, context, inbox_id) to ``receive(..., inbox_id=...)``.
+LaterNormalizer = Callable[[bytes, dt.datetime, dict[str, Any], int], Awaitable["Outcome"]]
 
 
 @dataclass(frozen=True)
@@ -71,13 +81,30 @@ class Reception:
         self._dead_letter_topic = dead_letter_topic
         self._source = source
         self._ack = acknowledgement
+        # Negotiating a locale parses every tag against the catalogs: the same few pairs of tags
+        # come again and again, so each pair is negotiated once.
+        self._locale = functools.lru_cache(maxsize=1024)(self._negotiate)
+        self.later: dict[str, LaterNormalizer] = {}
+
+    def normalize_later(self, channel: str, normalizer: LaterNormalizer) -> None:
+        """How ``channel``'s messages taken in by ``receive_later`` are normalised from the inbox."""
+        self.later[channel] = normalizer
+
+    async def receive_later(self, *, channel: Channel, raw: bytes, received_at: dt.datetime, context: dict[str, Any]) -> int:
+        """Store the raw bytes to be normalised after the sender has been told yes; the inbox id.
+
+        Raises SpoolFull or TemporaryFailure when they could not be stored: then the sender must hear "try again"."""
+        assert channel in self.later, f"{channel} takes messages in raw but registered no normalize_later"
+        return await self.spool.take_in(channel, raw, context=context, received_at=received_at.timestamp())
+    def _negotiate(self, preferences: tuple[str, ...]) -> str:
+        # In order; a language without a catalog falls through to the operator's default, not to English.
+        return negotiate([*preferences, self._ack.default_locale], default=self._ack.default_locale)
 
     def acknowledgement_for(self, complaint: Complaint) -> Acknowledgement:
-        preferences = [tag for tag in (complaint.complainant.locale, complaint.language) if tag]
+        preferences = tuple(tag for tag in (complaint.complainant.locale, complaint.language) if tag)
         return compose(
             complaint.key,
-            # In order; a language without a catalog falls through to the operator's default, not to English.
-            [*preferences, self._ack.default_locale],
+            self._locale(preferences),
             response_days=self._ack.response_days,
             organisation=self._ack.organisation,
             follow_up=complaint.follows_up is not None,
@@ -119,22 +146,23 @@ class Reception:
         context: dict[str, Any] | None = None,
         cursor: tuple[str, str] | None = None,
         dead_letter_invalid: bool = False,
+        inbox_id: int | None = None,
     ) -> Outcome:
-        """Store one received message; raises InvalidMessage (unless dead-lettering), TemporaryFailure, SpoolFull."""
+        """Store one received message; raises InvalidMessage (unless dead-lettering), TemporaryFailure, SpoolFull.
+
+        ``inbox_id``: the message comes from the inbox, and leaves it in the same transaction."""
         key = spool_key(channel, channel_message_id)
-        ident = complaint_id(channel, channel_message_id)
-        reference = reference_for(channel, channel_message_id)
-        digest = hashlib.sha256(raw).hexdigest()
         submission = Submission(
             key=key,
             channel=channel,
-            reference=reference,
+            reference="",
             raw=raw,
-            raw_digest=digest,
+            raw_digest="",
             answer={},
             context=context or {},
             cursor=cursor,
             received_at=received_at.timestamp(),
+            inbox_id=inbox_id,
         )
         try:
             complaint = normalize()
@@ -144,7 +172,7 @@ class Reception:
             if not dead_letter_invalid:
                 self._metrics.received.labels(channel=channel, outcome="rejected").inc()
                 raise
-            return await self._dead_letter(submission, ident, str(error), received_at)
+            return await self._dead_letter(submission, channel_message_id, str(error), received_at)
         except Exception as error:  # the normalizer's bug: the message is kept for a replay after the fix, never refused
             frame = traceback.extract_tb(error.__traceback__)[-1]
             # The type and the place only: an exception's text may quote the customer's message.
@@ -152,8 +180,12 @@ class Reception:
                 "normalizer failed; message dead-lettered",
                 extra={"event": "normalizer_failed", "channel": channel, "error_type": type(error).__name__, "at": f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"},
             )
-            return await self._dead_letter(submission, ident, f"the normalizer failed: {type(error).__name__}", received_at)
+            return await self._dead_letter(submission, channel_message_id, f"the normalizer failed: {type(error).__name__}", received_at)
 
+        if complaint.raw.spool_key == key:  # derived from the same message: its ids need not be derived again
+            submission.reference, submission.raw_digest = complaint.reference, complaint.raw.sha256
+        else:
+            submission.reference, submission.raw_digest = reference_for(channel, channel_message_id), hashlib.sha256(raw).hexdigest()
         acknowledgement = None if complaint.flags.automated or ack == "none" else self.acknowledgement_for(complaint)
         submission.answer = {
             "reference": complaint.key,
@@ -183,12 +215,22 @@ class Reception:
         receipt = await self.spool.accept(submission)
         if acknowledgement is not None and ack == "inline" and not receipt.duplicate:
             # Answered in the channel's own reply (TwiML, the webhook's 202, the form's page), once it is stored.
-            self._metrics.acknowledgements.labels(channel=complaint.channel, outcome="sent").inc()
-            self._metrics.acknowledgement_latency.labels(channel=complaint.channel).observe(max(0.0, time.time() - submission.received_at))
+            sent, latency = self._inline_metrics(complaint.channel)
+            sent.inc()
+            latency.observe(max(0.0, time.time() - submission.received_at))
         return self._outcome(receipt, channel)
 
-    async def _dead_letter(self, submission: Submission, ident: uuid.UUID, error: str, received_at: dt.datetime) -> Outcome:
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - a few channels per gateway, and the gateway lives as long as the process
+    def _inline_metrics(self, channel: str) -> tuple[Any, Any]:
+        """The labelled children, looked up once per channel rather than under a lock per message."""
+        return self._metrics.acknowledgements.labels(channel=channel, outcome="sent"), self._metrics.acknowledgement_latency.labels(channel=channel)
+
+    async def _dead_letter(self, submission: Submission, channel_message_id: str, error: str, received_at: dt.datetime) -> Outcome:
         """Keep the raw message and tell the dead-letter topic why it is not a record."""
+        channel = submission.channel
+        ident = complaint_id(channel, channel_message_id)  # type: ignore[arg-type]
+        submission.reference = reference_for(channel, channel_message_id)  # type: ignore[arg-type]
+        submission.raw_digest = hashlib.sha256(submission.raw).hexdigest()
         submission.dead_letter = True
         # The reason is kept with the message too: `intake spool dead-letters` shows it long after the event was published.
         submission.answer = {"reference": submission.reference, "complaint_id": str(ident), "dead_lettered": True, "error": error[:500]}
@@ -208,10 +250,14 @@ class Reception:
         ]
         return self._outcome(await self.spool.accept(submission), submission.channel)
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - as _inline_metrics
+    def _received(self, channel: str, outcome: str) -> Any:
+        return self._metrics.received.labels(channel=channel, outcome=outcome)
+
     def _outcome(self, receipt: Any, channel: str) -> Outcome:
         answer = receipt.answer
         label = "duplicate" if receipt.duplicate else "dead_lettered" if answer.get("dead_lettered") else "automated" if answer.get("automated") else "accepted"
-        self._metrics.received.labels(channel=channel, outcome=label).inc()
+        self._received(channel, label).inc()
         # One line per message taken in, on every channel: ids and outcome, never what the customer wrote or who they are.
         log.info(
             "message received",

@@ -6,6 +6,19 @@ a single fsync covers hundreds of messages, and a caller is told "stored" only
 after the commit that holds its message has returned. Reads use their own
 connection, which WAL lets run beside the writer.
 
+The outbox keeps one row per message (or per reply sent) however many events
+it causes, framed in one blob (``_encode_events``). What a commit adds to it
+is also handed to the publisher in memory (``take_events``), so the fast path
+never reads its own writes back; the rows on disk are for what memory cannot
+hold: a restart, a failed send, a backlog while Kafka is away.
+
+The inbox holds raw messages stored before they are normalised (SMTP: the 250
+is said once the mail is durable, as Postfix's queue does). Normalising one
+writes its message row, events and reply and deletes it from the inbox in one
+transaction, so a crash in between normalises it again after the restart.
+Inbox messages count as pending events (one each, their raw bytes) against
+the outbox's limits: they are what Kafka has not got yet.
+
 Its size on disk is bounded by ``max_total_bytes`` and by what the disk has
 free, whichever is smaller. Near the bound, the oldest raw messages whose
 events are published and replies sent give way, even inside retention;
@@ -26,8 +39,10 @@ import logging
 import os
 import queue
 import sqlite3
+import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +66,15 @@ _SHM_BYTES = 32 * 1024
 
 T = TypeVar("T")
 
+_OUTBOX = """CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_key TEXT,
+    events INTEGER NOT NULL,         -- how many events the row carries, published in this order
+    bytes INTEGER NOT NULL,          -- the sum of their values' sizes, as max_pending_bytes counts them
+    body BLOB NOT NULL,              -- the events, framed by _encode_events
+    created_at REAL NOT NULL
+)"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
     key TEXT PRIMARY KEY,            -- channel:channel-message-id, the unit of idempotency
@@ -64,15 +88,7 @@ CREATE TABLE IF NOT EXISTS message (
     state TEXT NOT NULL              -- accepted | dead_letter
 );
 CREATE INDEX IF NOT EXISTS message_received ON message (received_at);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_key TEXT,
-    topic TEXT NOT NULL,
-    key BLOB NOT NULL,
-    value BLOB NOT NULL,
-    headers TEXT NOT NULL,           -- JSON list of [name, value]
-    created_at REAL NOT NULL
-);
+{outbox};
 CREATE TABLE IF NOT EXISTS reply (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_key TEXT NOT NULL,
@@ -83,11 +99,21 @@ CREATE TABLE IF NOT EXISTS reply (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS reply_due ON reply (channel, not_before);
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    raw BLOB NOT NULL,               -- exactly as received, not yet normalised
+    context TEXT NOT NULL,           -- JSON: what the channel needs to normalise it
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
 CREATE TABLE IF NOT EXISTS cursor (
     name TEXT PRIMARY KEY,           -- a pull channel's durable position (IMAP UID, Telegram offset)
     value TEXT NOT NULL
 );
-"""
+""".format(outbox=_OUTBOX)
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,60 @@ class StoredEvent(Event):
 
 
 @dataclass(frozen=True)
+class _Row:
+    """One outbox row as committed, kept in memory for the publisher."""
+
+    seq: int
+    events: list[Event]
+    size: int
+    created_at: float
+
+
+# A row's body: a format byte, then per event a frame (topic, key and value lengths, header
+# count), the three, then per header its name's and value's lengths and the two. Cheaper to
+# write than JSON (values and header values are bytes), and read back only after a restart.
+_FORMAT = b"\x01"
+_EVENT_FRAME = struct.Struct(">HIIH")
+_HEADER_FRAME = struct.Struct(">HI")
+
+
+def _encode_events(events: list[Event]) -> bytes:
+    parts = [_FORMAT]
+    for event in events:
+        topic = event.topic.encode()
+        parts += (_EVENT_FRAME.pack(len(topic), len(event.key), len(event.value), len(event.headers)), topic, event.key, event.value)
+        for name, value in event.headers:
+            encoded = name.encode()
+            parts += (_HEADER_FRAME.pack(len(encoded), len(value)), encoded, value)
+    return b"".join(parts)
+
+
+def _decode_events(body: bytes) -> list[Event]:
+    if body[:1] != _FORMAT:
+        raise ValueError(f"outbox row in an unknown format {body[:1]!r}")
+    events, at = [], 1
+    while at < len(body):
+        topic_size, key_size, value_size, count = _EVENT_FRAME.unpack_from(body, at)
+        at += _EVENT_FRAME.size
+        topic = body[at : at + topic_size].decode()
+        at += topic_size
+        key = body[at : at + key_size]
+        at += key_size
+        value = body[at : at + value_size]
+        at += value_size
+        headers = []
+        for _ in range(count):
+            name_size, header_size = _HEADER_FRAME.unpack_from(body, at)
+            at += _HEADER_FRAME.size
+            name = body[at : at + name_size].decode()
+            at += name_size
+            headers.append((name, body[at : at + header_size]))
+            at += header_size
+        events.append(Event(topic=topic, key=key, value=value, headers=headers))
+    return events
+
+
+@dataclass(frozen=True)
 class Reply:
     """An acknowledgement to deliver on a channel, retried until it goes out."""
 
@@ -119,6 +199,18 @@ class StoredReply(Reply):
     id: int = 0
     message_key: str = ""
     attempts: int = 0
+
+
+@dataclass(frozen=True)
+class InboxMessage:
+    """A raw message taken in and not yet normalised."""
+
+    id: int
+    channel: str
+    received_at: float
+    raw: bytes
+    context: dict[str, Any]
+    attempts: int
 
 
 @dataclass
@@ -137,6 +229,7 @@ class Submission:
     cursor: tuple[str, str] | None = None
     dead_letter: bool = False
     received_at: float = field(default_factory=time.time)
+    inbox_id: int | None = None  # the inbox message this normalises, deleted in the same transaction
 
 
 @dataclass(frozen=True)
@@ -164,6 +257,7 @@ class SpoolStatus:
     oldest_message_age: float | None = None  # the retention actually kept, when the bound made it shorter
     refusing: str | None = None  # why complaints are refused for want of room, if they are
     fault: str | None = None
+    to_normalise: int = 0  # raw messages in the inbox (counted in ``messages`` too)
 
     @property
     def full(self) -> bool:
@@ -227,6 +321,8 @@ class Spool:
         batch_limit: int = 1000,
         batch_bytes: int = 1 * MiB,
         reserve_bytes: int = 4 * MiB,
+        memory_rows: int = 4000,
+        memory_bytes: int = 16 * MiB,
     ) -> None:
         self.path = path
         self.max_pending_events = max_pending_events
@@ -246,8 +342,16 @@ class Spool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_events = 0
         self._pending_bytes = 0
-        self._batch_wrote_events = False
+        # Outbox rows committed and not yet taken by the publisher, in seq order. Every committed
+        # row from seq _memory_from on is here or has been taken; older ones are read from disk.
+        # Bounded: past memory_rows or memory_bytes (Kafka away) it is emptied and the disk serves.
+        self._fresh: deque[_Row] = deque()
+        self._fresh_bytes = 0
+        self._memory_from = 1
+        self._memory_rows = memory_rows
+        self._memory_bytes = memory_bytes
         self.events_written = asyncio.Event()
+        self.inbox_written = asyncio.Event()
         self.commits = 0
         self.pruned_early = 0  # raw messages pruned inside retention to make room
         # Set in the writer thread or a reader thread, read on the loop: assignments are atomic under the GIL.
@@ -262,6 +366,8 @@ class Spool:
         self._room: int | None = None  # bytes the current batch may still add; measured when first needed
         self._room_bound = "max_total_bytes"  # what bounds it: max_total_bytes or the disk
         self._checkpoint_due = False
+        self._batch_rows: list[_Row] = []  # outbox rows the batch in progress inserted
+        self._batch_took_in = False  # the batch in progress added to the inbox
 
     @classmethod
     def from_config(cls, config: SpoolConfig) -> Spool:
@@ -288,6 +394,8 @@ class Spool:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._fresh.clear()  # a spool opened again: what it held is on disk
+        self._fresh_bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         ready: asyncio.Future[None] = self._loop.create_future()
         self._writer = threading.Thread(target=self._write_loop, args=(ready,), name="spool-writer", daemon=True)
@@ -331,7 +439,9 @@ class Spool:
     def _open_writer(self) -> sqlite3.Connection:
         conn = self._connect()
         try:
+            self._migrate(conn)
             conn.executescript(_SCHEMA)
+            self._memory_from = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM outbox").fetchone()[0]
             self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             autocheckpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
             # The WAL is checkpointed at `autocheckpoint` pages, after the commit that crossed it.
@@ -343,6 +453,31 @@ class Spool:
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """A spool written before events were framed per row: its pending events move, in order,
+        into one row each of the current outbox, in one transaction."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        if "value" not in columns:
+            return
+        conn.execute("BEGIN IMMEDIATE")  # DDL is transactional in SQLite: a crash midway leaves the old table
+        try:
+            conn.execute("ALTER TABLE outbox RENAME TO outbox_v0")
+            conn.execute(_OUTBOX)
+            rows = conn.execute("SELECT seq, message_key, topic, key, value, headers, created_at FROM outbox_v0 ORDER BY seq").fetchall()
+            for seq, message_key, topic, key, value, headers, created_at in rows:
+                event = Event(topic=topic, key=key, value=value, headers=[(n, v.encode()) for n, v in json.loads(headers)])
+                conn.execute(
+                    "INSERT INTO outbox (seq, message_key, events, bytes, body, created_at) VALUES (?, ?, 1, ?, ?, ?)",
+                    (seq, message_key, len(value), _encode_events([event]), created_at),
+                )
+            conn.execute("DROP TABLE outbox_v0")
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("spool outbox moved to one row per message", extra={"event": "spool_migrated", "events": len(rows)})
 
     # --- the reserve ----------------------------------------------------------
 
@@ -497,10 +632,15 @@ class Spool:
             # A complaint refused for a full disk is a full spool to its sender; a drain just failed.
             refusal = SpoolFull(f"spool write failed: {self._write_fault}")
             return [(job.future, None, refusal if job.size else failure) for job in batch]
-        if self._batch_wrote_events:
-            self._batch_wrote_events = False
+        if self._batch_took_in:
+            self._batch_took_in = False
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self.events_written.set)
+            self._loop.call_soon_threadsafe(self.inbox_written.set)
+        if self._batch_rows:
+            assert self._loop is not None
+            # Queued before the batch's outcomes: a caller told "stored" finds its events already handed over.
+            self._loop.call_soon_threadsafe(self._hand_over, self._batch_rows)
+            self._batch_rows = []
         return outcomes
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job], *, isolated: bool) -> list[_Outcome]:
@@ -510,6 +650,8 @@ class Spool:
         outcomes: list[_Outcome] = []
         conn.execute("BEGIN IMMEDIATE")
         self._room = None
+        self._batch_rows = []
+        self._batch_took_in = False
         for job in batch:
             if not isolated:
                 try:
@@ -517,7 +659,7 @@ class Spool:
                 except SpoolFull as refusal:  # raised before the op wrote anything of its own: only its caller is refused
                     outcomes.append((job.future, None, refusal))
                 continue
-            room = self._room
+            room, rows = self._room, len(self._batch_rows)
             conn.execute("SAVEPOINT op")
             try:
                 result = job.op(conn)
@@ -525,6 +667,7 @@ class Spool:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 self._room = room  # what the op pruned was rolled back with it
+                del self._batch_rows[rows:]
                 if isinstance(error, sqlite3.Error):  # callers handle one type; the batch itself is fine
                     error = TemporaryFailure(f"spool write failed: {_describe(error)}")
                 outcomes.append((job.future, None, error))
@@ -535,8 +678,10 @@ class Spool:
         return outcomes
 
     def _recount(self, conn: sqlite3.Connection) -> None:
-        count, size = conn.execute("SELECT count(*), coalesce(sum(length(value)), 0) FROM outbox").fetchone()
-        self._pending_events, self._pending_bytes = count, size
+        count, size = conn.execute("SELECT coalesce(sum(events), 0), coalesce(sum(bytes), 0) FROM outbox").fetchone()
+        waiting, raw = conn.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM inbox").fetchone()
+        self._pending_events, self._pending_bytes = count + waiting, size + raw
+        self._batch_rows = []  # a failed batch's rows were rolled back with it
 
     @staticmethod
     def _settle(outcomes: list[_Outcome]) -> None:
@@ -555,8 +700,9 @@ class Spool:
             raise TemporaryFailure("the spool is not open")
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Job(op, future, size))
-        # Shielded: a caller that gives up must not undo a write that may already be committed.
-        return await asyncio.shield(future)
+        # Not shielded: a caller that gives up cancels only its future. The op stays queued and
+        # commits all the same (its outcome is then dropped), so nothing written is undone.
+        return await future
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run a query on the reader connection in a thread; a failure is a TemporaryFailure and the fault."""
@@ -699,14 +845,17 @@ class Spool:
         Raises SpoolFull when the outbox is at its limits or the spool has no room left that
         pruning can make (decided in the writer, so that concurrent submissions cannot overshoot),
         TemporaryFailure when the write fails."""
-        self._check_capacity()  # the cheap early answer while full; the binding check is in the op
+        if submission.inbox_id is None:  # from the inbox, it was counted when it was taken in
+            self._check_capacity()  # the cheap early answer while full; the binding check is in the op
 
         def op(conn: sqlite3.Connection) -> Receipt:
-            self._reserve_pending(submission.events)
+            if submission.inbox_id is None:
+                self._reserve_pending(submission.events)
             context = json.dumps(submission.context)
             answer = json.dumps(submission.answer)
             payloads = [json.dumps(reply.payload) for reply in submission.replies]
-            self._make_room(conn, _estimate(submission, context, answer, payloads))
+            body = _encode_events(submission.events) if submission.events else b""
+            self._make_room(conn, _estimate(submission, context, answer, payloads, body))
             inserted = conn.execute(
                 "INSERT INTO message (key, channel, reference, received_at, raw, raw_digest, context, answer, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
@@ -722,6 +871,8 @@ class Spool:
                     "dead_letter" if submission.dead_letter else "accepted",
                 ),
             ).rowcount
+            if submission.inbox_id is not None:
+                self._leave_inbox(conn, submission.inbox_id)
             if not inserted:
                 row = conn.execute("SELECT raw_digest, answer FROM message WHERE key = ?", (submission.key,)).fetchone()
                 if submission.cursor is not None:
@@ -734,31 +885,88 @@ class Spool:
                 )
             if submission.cursor is not None:
                 self._set_cursor(conn, *submission.cursor)
-            self._insert_events(conn, submission.key, submission.events)  # last: it counts what cannot roll back
+            self._insert_events(conn, submission.key, submission.events, body)  # last: it counts what cannot roll back
             return Receipt(duplicate=False, same_content=True, answer=submission.answer)
 
         # Never 0: a size marks the op as one that adds, refused while the disk is full.
         return await self._write(op, size=len(submission.raw) + sum(len(e.value) for e in submission.events) or 1)
 
-    def _insert_events(self, conn: sqlite3.Connection, message_key: str | None, events: list[Event]) -> None:
-        now = time.time()
-        for event in events:
+    def _leave_inbox(self, conn: sqlite3.Connection, inbox_id: int) -> None:
+        left = conn.execute("DELETE FROM inbox WHERE id = ? RETURNING length(raw)", (inbox_id,)).fetchone()
+        if left is not None:  # gone already: normalised twice (a retry after an unknown outcome)
+            self._pending_events -= 1
+            self._pending_bytes -= left[0]
+
+    # --- the inbox: raw messages normalised after they were taken in ------------
+
+    async def take_in(self, channel: str, raw: bytes, *, context: dict[str, Any], received_at: float) -> int:
+        """Store a raw message to normalise later; its id. Raises SpoolFull or TemporaryFailure as ``accept``."""
+        self._check_capacity()
+
+        def op(conn: sqlite3.Connection) -> int:
+            encoded = json.dumps(context)
+            if self._pending_events and (
+                self._pending_events + 1 > self.max_pending_events or self._pending_bytes + len(raw) > self.max_pending_bytes
+            ):
+                raise SpoolFull("the spool is full; Kafka is not keeping up")
+            self._make_room(conn, len(raw) + len(encoded) + len(channel) + _ROW_OVERHEAD)
+            inbox_id = conn.execute(
+                "INSERT INTO inbox (channel, received_at, raw, context) VALUES (?, ?, ?, ?)", (channel, received_at, raw, encoded)
+            ).lastrowid
+            self._pending_events += 1
+            self._pending_bytes += len(raw)
+            self._batch_took_in = True
+            assert inbox_id is not None
+            return inbox_id
+
+        return await self._write(op, size=len(raw) or 1)
+
+    async def to_normalise(self, now: float, limit: int = 32) -> list[InboxMessage]:
+        """Inbox messages due for normalising, oldest first."""
+
+        def query(conn: sqlite3.Connection) -> list[InboxMessage]:
+            rows = conn.execute(
+                "SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE not_before <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [InboxMessage(i, ch, at, raw, json.loads(context), attempts) for i, ch, at, raw, context, attempts in rows]
+
+        return await self._read(query)
+
+    async def normalise_failed(self, inbox_id: int, *, retry_at: float, error: str) -> None:
+        """Normalising it failed for now (a store of ours unavailable): it stays, and is tried again at ``retry_at``."""
+
+        def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO outbox (message_key, topic, key, value, headers, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    message_key,
-                    event.topic,
-                    event.key,
-                    event.value,
-                    json.dumps([[name, value.decode()] for name, value in event.headers]),
-                    now,
-                ),
+                "UPDATE inbox SET attempts = attempts + 1, not_before = ?, last_error = ? WHERE id = ?", (retry_at, error[:500], inbox_id)
             )
-        if events:
-            # Counted in the writer thread, read on the loop: an int update is atomic under the GIL.
-            self._pending_events += len(events)
-            self._pending_bytes += sum(len(e.value) for e in events)
-            self._batch_wrote_events = True
+
+        await self._write(op)
+
+    async def forget_inbox(self, ids: list[int]) -> None:
+        """Drop inbox messages handed elsewhere (to another worker's spool) without normalising them here."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            for inbox_id in ids:
+                self._leave_inbox(conn, inbox_id)
+
+        await self._write(op)
+
+    def _insert_events(self, conn: sqlite3.Connection, message_key: str | None, events: list[Event], body: bytes | None = None) -> None:
+        """One outbox row for all of ``events``, remembered for the hand-over once the batch commits."""
+        if not events:
+            return
+        now = time.time()
+        size = sum(len(e.value) for e in events)
+        seq = conn.execute(
+            "INSERT INTO outbox (message_key, events, bytes, body, created_at) VALUES (?, ?, ?, ?, ?)",
+            (message_key, len(events), size, body or _encode_events(events), now),
+        ).lastrowid
+        assert seq is not None
+        self._batch_rows.append(_Row(seq, events, size, now))
+        # Counted in the writer thread, read on the loop: an int update is atomic under the GIL.
+        self._pending_events += len(events)
+        self._pending_bytes += size
 
     async def has_message(self, key: str) -> bool:
         return await self._read(lambda c: c.execute("SELECT 1 FROM message WHERE key = ?", (key,)).fetchone() is not None)
@@ -790,43 +998,74 @@ class Spool:
 
     # --- the outbox -----------------------------------------------------------
 
-    async def pending_events(self, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Unpublished events in the order they were written."""
+    async def pending_events(self, after_seq: int, limit: int, *, before_seq: int | None = None) -> list[StoredEvent]:
+        """Unpublished events on disk in the order they were written, from at most ``limit`` rows
+        (the events of one message share its row's ``seq``, and are published or not together)."""
 
         def query(conn: sqlite3.Connection) -> list[StoredEvent]:
             rows = conn.execute(
-                "SELECT seq, topic, key, value, headers, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+                "SELECT seq, body, created_at FROM outbox WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (after_seq, before_seq if before_seq is not None else 2**63 - 1, limit),
             ).fetchall()
             return [
-                StoredEvent(
-                    topic=topic,
-                    key=key,
-                    value=value,
-                    headers=[(name, text.encode()) for name, text in json.loads(headers)],
-                    seq=seq,
-                    created_at=created_at,
-                )
-                for seq, topic, key, value, headers, created_at in rows
+                StoredEvent(topic=e.topic, key=e.key, value=e.value, headers=e.headers, seq=seq, created_at=created_at)
+                for seq, body, created_at in rows
+                for e in _decode_events(body)
             ]
 
         return await self._read(query)
+
+    async def take_events(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        """The publisher's next events after ``after_seq``, from at most ``limit`` rows: from disk
+        while it is behind what memory holds (after a restart, a failed send, an overflow), else
+        from what recent commits handed over, without a read. Taken rows stay on disk until
+        ``mark_published``, so a publisher that fails starts again from an earlier ``after_seq``."""
+        if after_seq < self._memory_from - 1:
+            older = await self.pending_events(after_seq, limit, before_seq=self._memory_from)
+            if older:
+                return older
+        taken: list[StoredEvent] = []
+        rows = 0
+        while self._fresh and rows < limit:
+            row = self._fresh.popleft()
+            self._fresh_bytes -= row.size
+            self._memory_from = row.seq + 1
+            if row.seq <= after_seq:
+                continue
+            rows += 1
+            taken.extend(
+                StoredEvent(topic=e.topic, key=e.key, value=e.value, headers=e.headers, seq=row.seq, created_at=row.created_at)
+                for e in row.events
+            )
+        return taken
+
+    def _hand_over(self, rows: list[_Row]) -> None:
+        """On the loop, after a commit: keep its outbox rows for the publisher, within the bound."""
+        for row in rows:
+            if len(self._fresh) >= self._memory_rows or self._fresh_bytes + row.size > self._memory_bytes:
+                # The publisher is far behind (Kafka away): it reads from disk, up to the newest row.
+                self._fresh.clear()
+                self._fresh_bytes = 0
+                self._memory_from = rows[-1].seq + 1
+                break
+            self._fresh.append(row)
+            self._fresh_bytes += row.size
+        self.events_written.set()
 
     async def mark_published(self, seqs: list[int]) -> None:
         """Forget events Kafka has. Goes on when the disk is full (the reserve is for this); raises
         TemporaryFailure when even that fails, and the events stay pending for a retry."""
 
+        unique = sorted(set(seqs))  # the events of one row share its seq
+
         def op(conn: sqlite3.Connection) -> None:
-            placeholders = ",".join("?" * len(seqs))
-            size = conn.execute(
-                f"SELECT count(*), coalesce(sum(length(value)), 0) FROM outbox WHERE seq IN ({placeholders})", seqs
-            ).fetchone()
-            conn.execute(f"DELETE FROM outbox WHERE seq IN ({placeholders})", seqs)
-            self._pending_events -= size[0]
-            self._pending_bytes -= size[1]
+            placeholders = ",".join("?" * len(unique))
+            deleted = conn.execute(f"DELETE FROM outbox WHERE seq IN ({placeholders}) RETURNING events, bytes", unique).fetchall()
+            self._pending_events -= sum(row[0] for row in deleted)
+            self._pending_bytes -= sum(row[1] for row in deleted)
             self._refusing = None  # their raw messages may now give way
 
-        if seqs:
+        if unique:
             await self._write(op)
 
     # --- replies --------------------------------------------------------------
@@ -930,9 +1169,10 @@ class Spool:
 
     async def status(self) -> SpoolStatus:
         def query(conn: sqlite3.Connection) -> SpoolStatus:
-            messages = conn.execute("SELECT count(*) FROM message").fetchone()[0]
+            waiting = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
+            messages = conn.execute("SELECT count(*) FROM message").fetchone()[0] + waiting
             dead = conn.execute("SELECT count(*) FROM message WHERE state = 'dead_letter'").fetchone()[0]
-            events, size = conn.execute("SELECT count(*), coalesce(sum(length(value)), 0) FROM outbox").fetchone()
+            events, size = conn.execute("SELECT coalesce(sum(events), 0), coalesce(sum(bytes), 0) FROM outbox").fetchone()
             oldest = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
             replies = conn.execute("SELECT count(*) FROM reply").fetchone()[0]
             dead_bytes = conn.execute("SELECT coalesce(sum(length(raw)), 0) FROM message WHERE state = 'dead_letter'").fetchone()[0]
@@ -952,20 +1192,20 @@ class Spool:
                 oldest_message_age=None if first is None else max(0.0, time.time() - first),
                 refusing=self._refusing or self._disk_full,
                 fault=self.fault,
+                to_normalise=waiting,
             )
 
         return await self._read(query)
 
 
-def _estimate(submission: Submission, context: str, answer: str, payloads: list[str]) -> int:
+def _estimate(submission: Submission, context: str, answer: str, payloads: list[str], body: bytes) -> int:
     """Bytes a submission adds to the file, roughly; see _ROW_OVERHEAD."""
     size = (
         len(submission.raw) + len(context) + len(answer) + 2 * len(submission.key) + len(submission.reference)
         + len(submission.raw_digest) + len(submission.channel) + _ROW_OVERHEAD
     )
-    for event in submission.events:
-        headers = sum(len(name) + len(value) + 8 for name, value in event.headers)
-        size += len(event.topic) + len(event.key) + len(event.value) + headers + len(submission.key) + _ROW_OVERHEAD
+    if body:
+        size += len(body) + len(submission.key) + _ROW_OVERHEAD
     for reply, payload in zip(submission.replies, payloads, strict=True):
         size += len(payload) + len(reply.channel) + len(submission.key) + _ROW_OVERHEAD
     return size

@@ -239,3 +239,53 @@ def test_max_total_bytes_must_leave_room_for_the_raw_messages_of_unpublished_eve
         SpoolConfig(max_total_bytes=600 * 1024 * 1024)  # the default max_pending_bytes is 512 MiB
     config = SpoolConfig(max_total_bytes=64 * 1024 * 1024, max_pending_bytes=32 * 1024 * 1024)
     assert Spool.from_config(config).max_total_bytes == 64 * 1024 * 1024
+
+
+async def test_events_are_handed_to_the_publisher_in_order_and_from_disk_once_memory_overflows(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db", memory_rows=5)
+    await spool.open()
+    try:
+        await asyncio.gather(*(spool.accept(submission(n, events=2)) for n in range(3)))
+        fresh = await spool.take_events(after_seq=0, limit=100)
+        assert [dict(e.headers)["ce_id"] for e in fresh] == [b"0", b"0", b"1", b"1", b"2", b"2"]
+        assert len({e.seq for e in fresh}) == 3  # one row per message, its events together
+        # Nothing taken is forgotten: a publisher that failed starts again from the disk.
+        assert [e.headers for e in await spool.take_events(after_seq=0, limit=100)] == [e.headers for e in fresh]
+        await spool.mark_published([e.seq for e in fresh])
+        for n in range(3, 20):  # more than memory holds, as while Kafka is away
+            await spool.accept(submission(n))
+        after = fresh[-1].seq
+        backlog: list[bytes] = []
+        while batch := await spool.take_events(after_seq=after, limit=4):
+            backlog += [dict(e.headers)["ce_id"] for e in batch]
+            after = batch[-1].seq
+        assert backlog == [str(n).encode() for n in range(3, 20)]
+        assert spool.pending_events_count == 17
+    finally:
+        await spool.close()
+
+
+async def test_a_spool_written_one_row_per_event_is_migrated_in_order(tmp_path: Path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(
+            """
+            CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, message_key TEXT, topic TEXT NOT NULL,
+                key BLOB NOT NULL, value BLOB NOT NULL, headers TEXT NOT NULL, created_at REAL NOT NULL);
+            INSERT INTO outbox VALUES (7, 'webhook:a', 't', x'4b', x'7b7d', '[["ce_id", "a-1"]]', 1.0);
+            INSERT INTO outbox VALUES (9, 'webhook:a', 't', x'4b', x'5b5d', '[["ce_id", "a-2"]]', 2.0);
+            """
+        )
+    spool = Spool(path)
+    await spool.open()
+    try:
+        assert spool.pending_events_count == 2 and spool.pending_bytes_count == 4
+        events = await spool.take_events(after_seq=0, limit=10)
+        assert [(e.seq, e.key, e.value, e.headers) for e in events] == [
+            (7, b"K", b"{}", [("ce_id", b"a-1")]),
+            (9, b"K", b"[]", [("ce_id", b"a-2")]),
+        ]
+        await spool.accept(submission(1))
+        assert (await spool.take_events(after_seq=9, limit=10))[0].seq > 9
+    finally:
+        await spool.close()

@@ -8,6 +8,10 @@ different mail that reuses a Message-ID (some mailers do) is a complaint of
 its own, not a duplicate answered 250 and dropped. A mail that cannot be
 normalised is dead-lettered, never refused or dropped: the sender of a mail
 cannot be asked to fix it.
+
+SMTP takes the other path, ``receive_later``: the raw mail is stored in the
+spool's inbox, the listener says 250, and the mail comes back to ``receive``
+from the inbox's normaliser, as Postfix queues mail before it processes it.
 """
 
 from __future__ import annotations
@@ -124,6 +128,30 @@ class Inbound:
         own = {config.relay.from_address, config.relay.envelope_sender}
         own.update(entry for entry in config.smtp.accept if "@" in entry)
         self._own_addresses = {address.lower() for address in own if address}
+        reception.normalize_later("email", self._from_inbox)
+
+    async def receive_later(
+        self, raw: bytes, *, received_at: dt.datetime, envelope_sender: str | None, origin: dict[str, str], context: dict[str, Any]
+    ) -> int:
+        """Store one mail to normalise once it has been answered; its inbox id. Raises TemporaryFailure (SpoolFull
+        included) when it was not stored, or when the attachment store is known to be broken now."""
+        self._attachments.check_writable()
+        return await self._reception.receive_later(
+            channel="email",
+            raw=raw,
+            received_at=received_at,
+            context={"context": context, "origin": origin, "envelope_sender": envelope_sender},
+        )
+
+    async def _from_inbox(self, raw: bytes, received_at: dt.datetime, stored: dict[str, Any], inbox_id: int) -> Outcome:
+        return await self.receive(
+            raw,
+            received_at=received_at,
+            envelope_sender=stored["envelope_sender"],
+            origin=stored["origin"],
+            context=stored["context"],
+            inbox_id=inbox_id,
+        )
 
     async def receive(
         self,
@@ -134,13 +162,14 @@ class Inbound:
         origin: dict[str, str],
         context: dict[str, Any],
         cursor: tuple[str, str] | None = None,
+        inbox_id: int | None = None,
     ) -> Outcome:
         """Store one mail; raises TemporaryFailure (SpoolFull included) when nothing was stored."""
         try:
             # Parsing a large MIME tree takes a while: off the event loop, which other channels share.
             parsed = await asyncio.to_thread(read, raw, envelope_sender=envelope_sender)
         except InvalidMessage as error:
-            return await self._dead_letter(raw, str(error), received_at=received_at, context=context, cursor=cursor)
+            return await self._dead_letter(raw, str(error), received_at=received_at, context=context, cursor=cursor, inbox_id=inbox_id)
         except Exception as error:  # a normalizer bug must not make one mail block a mailbox or bounce
             log.error(
                 "the email parser failed",
@@ -148,7 +177,8 @@ class Inbound:
                 exc_info=True,
             )
             return await self._dead_letter(
-                raw, f"the email parser failed: {type(error).__name__}", received_at=received_at, context=context, cursor=cursor
+                raw, f"the email parser failed: {type(error).__name__}", received_at=received_at, context=context, cursor=cursor,
+                inbox_id=inbox_id,
             )
 
         stored, skipped = await self._store_attachments(parsed.attachments)
@@ -185,6 +215,7 @@ class Inbound:
             context=context,
             cursor=cursor,
             dead_letter_invalid=True,
+            inbox_id=inbox_id,
         )
 
     def _reply_payload(self, parsed: mail.ParsedMail, recipient: str | None) -> ReplyPayload:
@@ -221,7 +252,14 @@ class Inbound:
         return stored, skipped
 
     async def _dead_letter(
-        self, raw: bytes, error: str, *, received_at: dt.datetime, context: dict[str, Any], cursor: tuple[str, str] | None
+        self,
+        raw: bytes,
+        error: str,
+        *,
+        received_at: dt.datetime,
+        context: dict[str, Any],
+        cursor: tuple[str, str] | None,
+        inbox_id: int | None = None,
     ) -> Outcome:
         def unparseable() -> Complaint:
             raise InvalidMessage(error)
@@ -238,4 +276,5 @@ class Inbound:
             context=context,
             cursor=cursor,
             dead_letter_invalid=True,
+            inbox_id=inbox_id,
         )

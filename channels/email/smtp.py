@@ -1,7 +1,9 @@
 """The SMTP listener: aiosmtpd on the gateway's event loop, answering 250 only once a mail is in the spool.
 
 RFC 5321: a 250 after DATA takes responsibility for the message, so it is
-said after the spool write has committed. Every failure of ours is a 451 the
+said after the spool write has committed: of the raw mail, into the spool's
+inbox; it is parsed and normalised after (``Inbound.receive_later``), since
+a mail has no answer to compose. Every failure of ours is a 451 the
 sending MTA retries, never a 5xx that would bounce the customer's complaint;
 5xx is kept for what is the sender's: a recipient we do not take mail for
 (550: no open relay) and a message over the size limit (552). Never for the
@@ -82,6 +84,8 @@ class SmtpListener:
     # --- life -------------------------------------------------------------------
 
     name = "smtp"
+    # Set by the gateway when it runs several workers: each binds the same port, the kernel spreads connections.
+    reuse_port = False
 
     async def open(self) -> None:
         """Bind the listening socket before the gateway reports it has started; a taken port fails the start."""
@@ -92,7 +96,9 @@ class SmtpListener:
         await asyncio.to_thread(mail.warm_up)
         tls = self._tls_context()
         # On the gateway's own loop (not aiosmtpd's Controller thread): the spool's futures live on this loop.
-        self._server = await loop.create_server(lambda: self._session(loop, tls), self._config.host, self._config.port)
+        self._server = await loop.create_server(
+            lambda: self._session(loop, tls), self._config.host, self._config.port, reuse_port=self.reuse_port or None
+        )
         log.info("SMTP listener started", extra={"event": "smtp_listening", "host": self._config.host, "port": self.port})
 
     @property
@@ -191,7 +197,7 @@ class SmtpListener:
         self._in_flight += 1
         self._idle.clear()
         try:
-            outcome = await self._inbound.receive(
+            queued = await self._inbound.receive_later(
                 raw,
                 received_at=received_at,
                 envelope_sender=envelope_sender,
@@ -209,8 +215,6 @@ class SmtpListener:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-        log.info(
-            "mail received",
-            extra={"event": "smtp_received", "reference": outcome.reference, "duplicate": outcome.duplicate, "size": len(raw)},
-        )
-        return f"250 2.0.0 OK: {outcome.reference}"
+        # Its reference is known once it is normalised, logged then by reception.
+        log.info("mail queued", extra={"event": "smtp_queued", "inbox_id": queued, "size": len(raw)})
+        return f"250 2.0.0 OK: queued as {queued}"

@@ -1,0 +1,107 @@
+"""The inbox's normaliser: turns raw messages taken in before normalising (SMTP) into complaints, from the spool.
+
+A component: it takes the inbox's due messages oldest first, several at a
+time (their spool writes share commits), and hands each to the function its
+channel registered (``Reception.normalize_later``), which stores the record,
+its events and its reply and removes the message from the inbox in one
+transaction. What fails for now (an attachment store away, a full disk)
+stays in the inbox and is tried again later, with backoff; a crash at any
+point leaves it there for the next start. What cannot be normalised is the
+channel's to dead-letter, as on its direct path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+
+from intake.errors import TemporaryFailure
+from intake.pause import pause
+from intake.reception import Reception
+from intake.spool import InboxMessage, Spool
+
+log = logging.getLogger("intake.inbox")
+
+
+class Normaliser:
+    name = "normaliser"
+
+    def __init__(
+        self,
+        spool: Spool,
+        reception: Reception,
+        *,
+        concurrency: int = 16,
+        first_retry: float = 1.0,
+        max_retry: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._spool = spool
+        self._reception = reception
+        self._concurrency = concurrency
+        self._first_retry = first_retry
+        self._max_retry = max_retry
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self.failing: str | None = None  # why the last message failed for now, until one succeeds
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            self._spool.inbox_written.clear()
+            try:
+                due = await self._spool.to_normalise(self._clock(), limit=self._concurrency)
+            except TemporaryFailure as error:
+                self.failing = f"spool: {error}"[:300]
+                await pause(self._stopping, 2.0)
+                continue
+            if not due:
+                # New mail wakes it at once; messages waiting for a retry are looked at every second.
+                waiter = asyncio.ensure_future(self._spool.inbox_written.wait())
+                stopper = asyncio.ensure_future(self._stopping.wait())
+                _, pending = await asyncio.wait({waiter, stopper}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                continue
+            await asyncio.gather(*(self._normalise(message) for message in due))
+
+    async def _normalise(self, message: InboxMessage) -> None:
+        normalizer = self._reception.later.get(message.channel)
+        received_at = dt.datetime.fromtimestamp(message.received_at, dt.timezone.utc)
+        try:
+            if normalizer is None:  # a channel taken out of the configuration since: its mail waits for it
+                raise TemporaryFailure(f"no {message.channel} channel to normalise it")
+            await normalizer(message.raw, received_at, message.context, message.id)
+        except TemporaryFailure as error:
+            await self._later(message, str(error))
+            return
+        except Exception as error:  # a bug of ours beyond the channel's own dead-lettering: kept, retried, reported
+            log.error(
+                "normalising a message from the inbox failed unexpectedly",
+                extra={"event": "inbox_failed", "channel": message.channel, "inbox_id": message.id, "error_type": type(error).__name__},
+                exc_info=error,
+            )
+            await self._later(message, f"{type(error).__name__}: {error}")
+            return
+        self.failing = None
+
+    async def _later(self, message: InboxMessage, error: str) -> None:
+        delay = min(self._first_retry * 2**message.attempts, self._max_retry)
+        if self.failing is None:
+            log.warning(
+                "a message waits in the inbox; retrying",
+                extra={"event": "inbox_retry", "channel": message.channel, "inbox_id": message.id, "error": error, "retry_in": delay},
+            )
+        self.failing = error[:300]
+        try:
+            await self._spool.normalise_failed(message.id, retry_at=self._clock() + delay, error=error)
+        except TemporaryFailure:  # the spool cannot record it either: the message is still there, due at once
+            await pause(self._stopping, self._first_retry)
+
+    def health(self) -> str | None:
+        return None if self.failing is None else f"messages wait in the inbox: {self.failing}"
+
+    async def stop(self) -> None:
+        self._stopping.set()

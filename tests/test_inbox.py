@@ -1,0 +1,146 @@
+"""The inbox: raw messages acknowledged to their sender once stored, normalised after, never lost in between."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from intake.errors import SpoolFull, TemporaryFailure
+from intake.spool import Spool, Submission
+from normalizer import webhook as webhook_normalizer
+from tests.support.gateway import complaint_body, running, settings
+from tests.support.topic import of_type, read_topic, wait_for
+
+
+async def test_a_message_leaves_the_inbox_in_the_transaction_that_stores_it(tmp_path: Path):
+    spool = Spool(tmp_path / "s.db", max_pending_events=2)
+    await spool.open()
+    try:
+        first = await spool.take_in("email", b"raw mail 1", context={"via": "smtp"}, received_at=1.0)
+        await spool.take_in("email", b"raw mail 2", context={}, received_at=2.0)
+        with pytest.raises(SpoolFull):  # what waits to be normalised counts against the outbox's limits
+            await spool.take_in("email", b"raw mail 3", context={}, received_at=3.0)
+        [due, _] = await spool.to_normalise(now=10.0)
+        assert (due.id, due.raw, due.context) == (first, b"raw mail 1", {"via": "smtp"})
+        status = await spool.status()
+        assert status.to_normalise == 2 and status.messages == 2
+        await spool.accept(
+            Submission(key="email:<1@x>", channel="email", reference="C-0000-0001", raw=due.raw, raw_digest="d",
+                       answer={}, events=[], inbox_id=due.id)
+        )  # fmt: skip
+        status = await spool.status()
+        assert status.to_normalise == 1 and status.messages == 2
+        assert [m.raw for m in await spool.to_normalise(now=10.0)] == [b"raw mail 2"]
+        await spool.normalise_failed(first + 1, retry_at=20.0, error="attachment store: read-only")
+        assert await spool.to_normalise(now=10.0) == [] and len(await spool.to_normalise(now=20.0)) == 1
+        assert spool.pending_events_count == 1
+    finally:
+        await spool.close()
+
+
+TAKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {root!r})
+    from pathlib import Path
+    from intake.spool import Spool
+
+    async def main():
+        spool = Spool(Path({path!r}))
+        await spool.open()
+        n = 0
+        while True:
+            await asyncio.gather(*(spool.take_in("email", b"mail %d" % i, context={{}}, received_at=0.0) for i in range(n, n + 10)))
+            n += 10
+            print(n, flush=True)  # every mail below n was answered 250
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_what_was_taken_in_survives_kill_9_and_is_normalised_after_the_restart(tmp_path: Path):
+    path = tmp_path / "s.db"
+    process = subprocess.Popen(
+        [sys.executable, "-c", TAKER.format(root=str(Path(__file__).resolve().parents[1]), path=str(path))], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    answered = 0
+    while answered < 200:
+        answered = int(process.stdout.readline())
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    for line in process.stdout:
+        answered = max(answered, int(line))
+    spool = Spool(path)
+    await spool.open()
+    try:
+        waiting = {m.raw for m in await spool.to_normalise(now=1.0, limit=100_000)}
+    finally:
+        await spool.close()
+    assert {b"mail %d" % n for n in range(answered)} <= waiting
+
+
+def _register_webhook_later(gateway) -> None:
+    """A stand-in for a channel that answers before normalising (SMTP does so with mail)."""
+    failures = {"store-away": 2}
+
+    async def normalise(raw: bytes, received_at: dt.datetime, context: dict, inbox_id: int):
+        key = context["key"]
+        if failures.get(key):
+            failures[key] -= 1
+            raise TemporaryFailure("attachment store: away")
+        return await gateway.reception.receive(
+            channel="webhook",
+            channel_message_id=webhook_normalizer.channel_message_id("acme", key),
+            raw=raw,
+            normalize=lambda: webhook_normalizer.to_complaint(raw, partner="acme", idempotency_key=key, received_at=received_at),
+            received_at=received_at,
+            ack="none",
+            inbox_id=inbox_id,
+            dead_letter_invalid=True,
+        )
+
+    gateway.reception.normalize_later("webhook", normalise)
+
+
+async def test_the_normaliser_publishes_what_was_taken_in_dead_letters_what_is_not_a_complaint_and_dedupes(tmp_path: Path, kafka, topic):
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, _):
+        _register_webhook_later(gateway)
+        now = dt.datetime.now(dt.timezone.utc)
+        for key, body in [("a", complaint_body("first")), ("b", complaint_body("second")), ("a", complaint_body("first")), ("bad", b"{not json")]:
+            await gateway.reception.receive_later(channel="webhook", raw=body, received_at=now, context={"key": key})
+
+        async def drained() -> bool:
+            return (await gateway.spool.status()).to_normalise == 0
+
+        await wait_for(drained, timeout=20)
+        records = await read_topic(kafka.bootstrap, topic, expect=2, settle=1)
+        dead = await read_topic(kafka.bootstrap, f"{topic}.dead-letter", expect=1)
+    assert sorted(r.data["text"] for r in of_type(records, "received")) == ["first", "second"]
+    assert len(dead) == 1
+
+
+async def test_a_message_that_fails_for_now_waits_in_the_inbox_and_goes_through_later(tmp_path: Path, kafka, topic):
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base):
+        _register_webhook_later(gateway)
+        gateway.normaliser._first_retry = 0.2  # fast, for the test
+        now = dt.datetime.now(dt.timezone.utc)
+        await gateway.reception.receive_later(channel="webhook", raw=complaint_body(), received_at=now, context={"key": "store-away"})
+
+        async def degraded() -> bool:
+            return (gateway.supervisor.state("normaliser").detail or "").startswith("messages wait in the inbox")
+
+        await wait_for(degraded, timeout=10)
+        records = await read_topic(kafka.bootstrap, topic, expect=1, timeout=30)
+        await asyncio.sleep(0.2)
+        assert gateway.supervisor.state("normaliser").state == "ok"
+    assert len(of_type(records, "received")) == 1
