@@ -31,6 +31,7 @@ from intake.attachments import AttachmentStore
 from intake.errors import Rejected
 from intake.reception import Outcome, Reception, ReplyPayload
 from normalizer import email as mail
+from normalizer.reference import reference_for
 from normalizer.errors import InvalidMessage
 from normalizer.record import Attachment, Complaint
 
@@ -132,16 +133,20 @@ class Inbound:
 
     async def receive_later(
         self, raw: bytes, *, received_at: dt.datetime, envelope_sender: str | None, origin: dict[str, str], context: dict[str, Any]
-    ) -> int:
-        """Store one mail to normalise once it has been answered; its inbox id. Raises TemporaryFailure (SpoolFull
-        included) when it was not stored, or when the attachment store is known to be broken now."""
+    ) -> str:
+        """Store one mail to normalise once it has been answered; the reference it will have. Raises TemporaryFailure
+        (SpoolFull included) when it was not stored, or when the attachment store is known to be broken now."""
         self._attachments.check_writable()
-        return await self._reception.receive_later(
+        # Known before the mail is normalised: the channel message id needs only its Message-ID and its digest, so the
+        # 250 can name the reference the customer will be given (a sender's log then ties the two together).
+        identity = await asyncio.to_thread(lambda: channel_message_id(mail.find_message_id(raw), raw))
+        await self._reception.receive_later(
             channel="email",
             raw=raw,
             received_at=received_at,
             context={"context": context, "origin": origin, "envelope_sender": envelope_sender},
         )
+        return reference_for("email", identity)
 
     async def _from_inbox(self, raw: bytes, received_at: dt.datetime, stored: dict[str, Any], inbox_id: int) -> Outcome:
         return await self.receive(

@@ -215,6 +215,5 @@ class SmtpListener:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-        # Its reference is known once it is normalised, logged then by reception.
-        log.info("mail queued", extra={"event": "smtp_queued", "inbox_id": queued, "size": len(raw)})
+        log.info("mail queued", extra={"event": "smtp_queued", "reference": queued, "size": len(raw)})
         return f"250 2.0.0 OK: queued as {queued}"

@@ -17,7 +17,7 @@ One module per concern, in the order a message goes through them:
 
 from normalizer.email.ids import our_message_id, reference_from_message_ids
 from normalizer.email.mime import MailAttachment
-from normalizer.email.record import MEDIA_TYPE, ParsedMail, parse, to_complaint, warm_up
+from normalizer.email.record import MEDIA_TYPE, ParsedMail, find_message_id, parse, to_complaint, warm_up
 from normalizer.email.robots import is_role_address
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ParsedMail",
     "is_role_address",
     "our_message_id",
+    "find_message_id",
     "parse",
     "reference_from_message_ids",
     "to_complaint",

@@ -8,6 +8,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from email import message_from_bytes
+from email.parser import BytesHeaderParser
 from email.message import Message
 from email.policy import compat32
 
@@ -121,6 +122,11 @@ def _charset_hint(message: Message) -> str | None:
         if codecs_for(charset) and charset not in ("us-ascii", "ascii", "utf-8", "utf8"):
             return charset
     return None
+
+
+def find_message_id(raw: bytes) -> str | None:
+    """The Message-ID ``parse`` would find, from the header section alone (cheap: the body is not walked)."""
+    return message_id_of(BytesHeaderParser(policy=compat32).parsebytes(readable_header_section(raw)))
 
 
 def parse(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMail:
