@@ -5,12 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from normalizer.bounds import as_invalid_message, load_json
-from normalizer import language
+from normalizer import contact, language
 from normalizer.errors import FieldError, InvalidMessage, field_errors
 from normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
 from normalizer.reference import parse_reference
@@ -34,10 +32,7 @@ class PartnerComplainant(BaseModel):
     def _email(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            return validate_email(value, check_deliverability=False).normalized
-        except EmailNotValidError as error:
-            raise ValueError(str(error)) from None
+        return contact.normalized_email(value)  # cached: partners send the same customers again
 
 
 class PartnerAttachment(BaseModel):
@@ -78,14 +73,11 @@ _E164 = re.compile(E164_PATTERN)
 
 def _e164(phone: str, country: str | None) -> str:
     try:
-        number = phonenumbers.parse(phone, country.upper() if country else None)
-    except phonenumbers.NumberParseException as error:
-        raise InvalidMessage(
-            "invalid phone number", [FieldError("complainant.phone", f"not a phone number: {error}")]
-        ) from None
-    formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        formatted = contact.e164(phone, country)
+    except contact.NotAPhoneNumber as error:
+        raise InvalidMessage("invalid phone number", [FieldError("complainant.phone", str(error))]) from None
     # "Possible" is a length check: it passes numbers whose E.164 form the record still refuses (a country code 0).
-    if not phonenumbers.is_possible_number(number) or not _E164.fullmatch(formatted):
+    if not _E164.fullmatch(formatted):
         raise InvalidMessage("invalid phone number", [FieldError("complainant.phone", "not a possible phone number")])
     return formatted
 
