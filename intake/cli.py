@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--personal", action="store_true", help="also show the channel's fields that name people")
     show.add_argument("--raw", metavar="FILE", help="write the raw bytes, exactly as received, to FILE")
     show.set_defaults(run=_dead_letters)
-    find = spool.add_parser("find", help="what the spool knows of a reference (C-XXXX-XXXX)")
+    find = spool.add_parser("find", help="what the spool knows of a reference, e.g. C-7K3M-9QXA")
     find.add_argument("reference")
     find.add_argument("--personal", action="store_true", help="also show the channel's fields that name people")
     find.set_defaults(run=_find)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +58,19 @@ def relay() -> Iterator[CapturingRelay]:
         yield relay
     finally:
         relay.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 20 MB filesystem of the test's own: a tmpfs, which needs root to mount."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"disk-full tests need to mount a 20 MB tmpfs, which was refused: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
+            pytest.fail("the tmpfs was busy at the end of the test: something still holds a spool file open")
