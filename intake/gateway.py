@@ -115,6 +115,9 @@ class Gateway:
         self.workers = workers
         self.metrics = Metrics()
         self.spool = Spool.from_config(settings.spool.model_copy(update={"path": worker_spool_path(settings.spool.path, worker)}))
+        # Exported so that an alert on the spool filling reads the replica's own limits, not a copy of them.
+        self.metrics.spool_capacity_events.set(settings.spool.max_pending_events)
+        self.metrics.spool_capacity_bytes.set(settings.spool.max_pending_bytes)
         kafka = settings.kafka
         self._publisher_settings = PublisherSettings(
             bootstrap_servers=kafka.bootstrap_servers,

@@ -55,6 +55,12 @@ class Metrics:
         self.spool_pending_bytes = Gauge(
             "intake_spool_pending_bytes", "Bytes of events in the spool not yet acknowledged by Kafka.", registry=self.registry
         )
+        self.spool_capacity_events = Gauge(
+            "intake_spool_capacity_events", "spool.max_pending_events: unpublished events at which channels push back.", registry=self.registry
+        )
+        self.spool_capacity_bytes = Gauge(
+            "intake_spool_capacity_bytes", "spool.max_pending_bytes: unpublished bytes at which channels push back.", registry=self.registry
+        )
         self.publish_lag = Gauge(
             "intake_publish_lag_seconds", "Age of the oldest event not yet on Kafka (0 when none).", registry=self.registry
         )

@@ -34,6 +34,8 @@ async def test_every_accepted_complaint_is_logged_and_its_inline_acknowledgement
     # A redelivery is not acknowledged twice, and not counted twice.
     assert 'intake_acknowledgements_total{channel="webhook",outcome="sent"} 1.0' in page
     assert 'intake_acknowledgement_latency_seconds_count{channel="webhook"} 1.0' in page
+    # The spool's own limits, for the alert on it filling.
+    assert "intake_spool_capacity_events 100000.0" in page and "intake_spool_capacity_bytes 5.36870912e+08" in page
 
 
 async def test_responses_do_not_name_server_versions(tmp_path: Path, kafka, topic):
