@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import time
-import uuid
 from collections.abc import Iterator
 from email.utils import make_msgid
 from pathlib import Path
@@ -40,22 +39,14 @@ SCHEMA = json_schema()
 
 @pytest.fixture(scope="module")
 def dovecot() -> Iterator[Dovecot]:
-    server = Dovecot()
-    server.start()
-    try:
+    with Dovecot() as server:
         yield server
-    finally:
-        server.remove()
 
 
 
 @pytest.fixture
 def folder(dovecot: Dovecot) -> str:
-    """A folder of its own for each test: the tests share one Dovecot."""
-    name = f"Complaints-{uuid.uuid4().hex[:8]}"
-    with dovecot.client() as client:
-        client.create_folder(name)
-    return name
+    return dovecot.new_folder()
 
 
 def raw(message) -> bytes:

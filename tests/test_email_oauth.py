@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,20 +51,13 @@ def authorization() -> Iterator[AuthorizationServer]:
 
 @pytest.fixture(scope="module")
 def dovecot(authorization: AuthorizationServer) -> Iterator[Dovecot]:
-    server = Dovecot(oauth=authorization)
-    server.start()
-    try:
+    with Dovecot(oauth=authorization) as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture
 def folder(dovecot: Dovecot) -> str:
-    name = f"Complaints-{uuid.uuid4().hex[:8]}"
-    with dovecot.client() as client:
-        client.create_folder(name)
-    return name
+    return dovecot.new_folder()
 
 
 def oauth_section(authorization: AuthorizationServer, client: Client, *, refresh_token: str | None = None, **options: Any):

@@ -118,12 +118,8 @@ async def test_every_public_mail_through_smtp_is_one_complaint_with_its_fields(t
 
 @pytest.fixture(scope="module")
 def dovecot() -> Iterator[Dovecot]:
-    server = Dovecot()
-    server.start()
-    try:
+    with Dovecot() as server:
         yield server
-    finally:
-        server.remove()
 
 
 async def test_every_public_mail_through_imap_is_one_complaint_with_its_fields(tmp_path: Path, kafka, topic, relay, dovecot):

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from imapclient import IMAPClient
@@ -213,6 +214,20 @@ class Dovecot:
         client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
         client.login(self.user, self.password)
         return client
+
+    def new_folder(self) -> str:
+        """A folder of its own for one test: the tests of a module share one Dovecot."""
+        name = f"Complaints-{uuid.uuid4().hex[:8]}"
+        with self.client() as client:
+            client.create_folder(name)
+        return name
+
+    def __enter__(self) -> "Dovecot":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
     def mailbox_config(self, name: str = "complaints", **options: object) -> dict[str, object]:
         """The gateway's ``[[email.imap]]`` entry for this server."""
