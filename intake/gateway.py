@@ -29,6 +29,7 @@ from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake import topics
 from intake.errors import TemporaryFailure
+from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.inbox import Normaliser
 from intake.metrics import Metrics
 from intake.pause import pause
@@ -177,8 +178,9 @@ class Gateway:
             for path in spools_beyond(settings.spool.path, workers):
                 self._drain(path, clock)
 
+        self._max_body = max(settings.webhook.max_body_bytes, 1024 * 1024)
         self.app = web.Application(
-            client_max_size=max(settings.webhook.max_body_bytes, 1024 * 1024),
+            client_max_size=self._max_body,
             middlewares=[self._refuse_while_draining, self._count_refusals],
         )
         # Which channel each route belongs to, for counting what is refused on every channel in one place.
@@ -320,8 +322,8 @@ class Gateway:
     async def _refuse_while_draining(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.draining and request.path not in _OPERATIONS_PATHS:
             # The body is read first: closing on a client still writing it would leave that client with an error, not an answer.
-            with contextlib.suppress(web.HTTPException, aiohttp.ClientError, asyncio.TimeoutError):
-                await asyncio.wait_for(request.read(), timeout=_DRAIN_RETRY_AFTER)
+            with contextlib.suppress(BodyTooLarge, BodyUnreadable, asyncio.TimeoutError):
+                await asyncio.wait_for(read_body(request, self._max_body), timeout=_DRAIN_RETRY_AFTER)
             response: web.StreamResponse = problem(
                 503, "Shutting down", "this gateway is stopping; send it again (to another replica)", retry_after=_DRAIN_RETRY_AFTER
             )
