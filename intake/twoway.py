@@ -1,0 +1,139 @@
+"""The way back to the complainant: the types every part of two-way delivery shares.
+
+Downstream (case management) writes commands to the outbound topic, keyed by
+the complaint's reference: a message to the complainant, a status change, a
+request for a satisfaction survey. The gateway stores each command in its
+spool before it commits the offset, then delivers it on the complaint's own
+channel (the *route* it recorded when the complaint came in), or on another
+contact the complainant gave when that channel cannot carry it, and writes
+``intake.reply.delivered.v1`` / ``intake.reply.failed.v1`` to the main topic.
+
+A channel that can send takes part through :class:`OutboundSender`; the
+delivery loop (``intake.delivery``) chooses the sender, composes the text in
+the complainant's language and records the outcome. A customer's answer to
+a survey, and a request for the status, come back in through the channels
+and end up at :class:`Conversations`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+# The statuses a complaint moves through (ISO 10002: received, assessed, responded, closed).
+Status = Literal["received", "in_progress", "responded", "resolved", "closed"]
+STATUSES: tuple[Status, ...] = ("received", "in_progress", "responded", "resolved", "closed")
+
+# What a command asks for.
+CommandKind = Literal["message", "status", "survey"]
+
+# The channels a complaint can be answered on; a complaint's own channel, or a contact's.
+Via = Literal["email", "sms", "mms", "whatsapp", "telegram", "webhook"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How to reach a complainant on the channel their complaint came in on, recorded at reception.
+
+    ``address`` is channel-specific and holds personal data; it never leaves the spool:
+    - email: ``{"to": addr, "message_id": "<id@host>", "references": [...], "subject": "..."}``
+    - telegram: ``{"chat_id": int, "message_id": int}``
+    - sms / mms / whatsapp: ``{"to": "+48...", "from": "+1..."}`` (the customer's number, the number they wrote to;
+      WhatsApp numbers without the ``whatsapp:`` prefix)
+    - webhook: ``{"partner": "name", "customer_id": "..."}``
+    - web: ``{}`` (a web form cannot be written to; its complainant's contacts are used)
+    """
+
+    channel: str
+    address: dict[str, Any]
+    locale: str  # the locale the acknowledgement was written in
+    last_inbound_at: float  # when the complainant last wrote on it (WhatsApp's 24-hour window)
+    # Other ways the complainant gave: {"email": ..., "phone": ..., "preferred": "email"|"sms"|...}.
+    contacts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """A satisfaction survey to ask: CSAT on a 1-5 scale, then optionally NPS (0-10) and a comment."""
+
+    survey_id: str  # the command's ce_id: answers name it
+    nps: bool = True
+    comment: bool = True
+    # Email only: the links that answer it, score -> URL (signed, one per score).
+    links: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One thing to tell one complainant, composed and in their language, for one sender."""
+
+    command_id: str  # the command's ce_id; senders may use it as an idempotency key
+    reference: str
+    kind: CommandKind
+    via: str  # the channel it goes out on; may differ from route.channel on a fallback
+    route: Route
+    locale: str
+    direction: str  # "ltr" / "rtl"
+    subject: str  # email subject, with the reference tag "[C-....-....]"
+    text: str  # the whole text (email body)
+    short: str  # the text for SMS, WhatsApp, Telegram
+    attachment_urls: tuple[str, ...] = ()
+    status: Status | None = None
+    survey: Survey | None = None
+    # WhatsApp outside the 24-hour window: the approved template (Content SID) and its variables.
+    template_sid: str | None = None
+    template_variables: dict[str, str] = field(default_factory=dict)
+    # A partner callback carries the command itself, not a composed text.
+    command: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a sender reports once the channel took the message."""
+
+    provider_id: str | None = None  # Twilio's Message SID, Telegram's message_id, the email's Message-ID
+    note: str | None = None  # e.g. "whatsapp template", "fallback to email": goes into the outcome event
+
+
+class OutboundSender(Protocol):
+    async def deliver(self, message: OutboundMessage) -> Delivered:
+        """Send it; raise intake.errors.TemporaryFailure to retry later, intake.errors.Rejected to give up."""
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A complainant's answer to a survey, as a channel received it."""
+
+    reference: str
+    survey_id: str
+    channel: str
+    score: int | None = None  # CSAT 1-5
+    nps: int | None = None  # 0-10
+    comment: str | None = None
+    answer_id: str = ""  # the channel's own id of the answer (idempotency: a redelivered answer counts once)
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """The latest status of a complaint as intake has seen it from commands."""
+
+    reference: str
+    status: Status
+    text: str | None  # the text given with the status, if any
+    updated_at: float
+
+
+class Conversations(Protocol):
+    """What the spool knows of each complaint's conversation; implemented by ``intake.spool.Spool``."""
+
+    async def route(self, reference: str) -> Route | None:
+        """The route recorded for a complaint, or None for a reference this gateway never received."""
+
+    async def status(self, reference: str) -> StatusView | None:
+        """The latest status seen in commands; None if no status command has come (the complaint is then "received")."""
+
+    async def open_survey(self, reference: str) -> Survey | None:
+        """The survey asked and not yet answered for this complaint, if any."""
+
+    async def record_feedback(self, feedback: Feedback) -> bool:
+        """Store the answer and its ``intake.feedback.received.v1`` event in one transaction; False if already recorded."""
