@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from intake.spool import Event
+from intake.twoway import Feedback
 from normalizer.record import SCHEMA_ID, Complaint
 
 SPECVERSION = "1.0"
@@ -22,9 +23,11 @@ COMPLAINT_FOLLOWED_UP = "intake.complaint.followed_up.v1"
 COMPLAINT_ACKNOWLEDGED = "intake.complaint.acknowledged.v1"
 ACKNOWLEDGEMENT_FAILED = "intake.complaint.acknowledgement_failed.v1"
 MESSAGE_DEAD_LETTERED = "intake.message.dead_lettered.v1"
+FEEDBACK_RECEIVED = "intake.feedback.received.v1"
 
 ACKNOWLEDGEMENT_SCHEMA_ID = "urn:intake:schema:acknowledgement:v1"
 DEAD_LETTER_SCHEMA_ID = "urn:intake:schema:dead-letter:v1"
+FEEDBACK_SCHEMA_ID = "urn:intake:schema:feedback:v1"
 
 
 def _rfc3339(moment: dt.datetime) -> str:
@@ -139,4 +142,32 @@ def dead_letter_event(
         time=received_at,
         dataschema=DEAD_LETTER_SCHEMA_ID,
         data=json.dumps(data).encode(),
+    )
+
+
+def feedback_event(feedback: Feedback, *, received_at: dt.datetime, topic: str, source: str) -> Event:
+    """A complainant's answer to a satisfaction survey (ISO 10004); one event per answer, keyed by the complaint."""
+    data: dict[str, Any] = {
+        "reference": feedback.reference,
+        "survey_id": feedback.survey_id,
+        "channel": feedback.channel,
+        "scale": "csat-1-5",
+        "received_at": _rfc3339(received_at),
+    }
+    if feedback.score is not None:
+        data["score"] = feedback.score
+    if feedback.nps is not None:
+        data["nps"] = feedback.nps
+    if feedback.comment:
+        data["comment"] = feedback.comment
+    return _event(
+        topic=topic,
+        key=feedback.reference,
+        ce_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:intake:feedback:{feedback.survey_id}:{feedback.answer_id}")),
+        ce_type=FEEDBACK_RECEIVED,
+        source=f"{source}/{feedback.channel}",
+        subject=feedback.reference,
+        time=received_at,
+        dataschema=FEEDBACK_SCHEMA_ID,
+        data=json.dumps(data, ensure_ascii=False).encode(),
     )

@@ -49,6 +49,32 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=self.registry,
         )
+        # Two-way (intake.delivery, the survey answers): ISO 10002 keeping the complainant informed, ISO 10004 satisfaction.
+        self.outbound_commands = Counter(
+            "intake_outbound_commands",
+            "Commands consumed from the outbound topic, by kind (message, status, survey) and outcome (stored, duplicate, rejected).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.outbound_deliveries = Counter(
+            "intake_outbound_deliveries",
+            "Commands delivered to complainants, by the channel they went out on, kind and outcome (delivered, retried, failed).",
+            ["channel", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.surveys_sent = Counter(
+            "intake_surveys_sent", "Satisfaction surveys sent, by channel.", ["channel"], registry=self.registry
+        )
+        self.surveys_answered = Counter(
+            "intake_surveys_answered", "Satisfaction surveys answered (first answer per survey), by channel.", ["channel"], registry=self.registry
+        )
+        # CSAT = share of scores 4 and 5 = 1 - bucket(le=3)/count; NPS = promoters (9, 10) minus detractors (le=6), in percent of count.
+        self.csat_score = Histogram(
+            "intake_csat_score", "Satisfaction scores (1-5), by channel.", ["channel"], buckets=(1, 2, 3, 4, 5), registry=self.registry
+        )
+        self.nps_score = Histogram(
+            "intake_nps_score", "Likelihood to recommend (0-10), by channel.", ["channel"], buckets=(6, 8, 10), registry=self.registry
+        )
         self.spool_pending_events = Gauge(
             "intake_spool_pending_events", "Events in the spool not yet acknowledged by Kafka.", registry=self.registry
         )

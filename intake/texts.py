@@ -18,6 +18,7 @@ __all__ = [
     "compose_message",
     "compose_status",
     "compose_status_answer",
+    "compose_status_unknown",
     "compose_survey",
 ]
 

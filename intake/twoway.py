@@ -17,8 +17,14 @@ and end up at :class:`Conversations`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from intake.acknowledgement import Acknowledgement
+    from intake.spool import Event
+    from normalizer.record import Complaint
 
 # The statuses a complaint moves through (ISO 10002: received, assessed, responded, closed).
 Status = Literal["received", "in_progress", "responded", "resolved", "closed"]
@@ -135,5 +141,31 @@ class Conversations(Protocol):
     async def open_survey(self, reference: str) -> Survey | None:
         """The survey asked and not yet answered for this complaint, if any."""
 
-    async def record_feedback(self, feedback: Feedback) -> bool:
-        """Store the answer and its ``intake.feedback.received.v1`` event in one transaction; False if already recorded."""
+    async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
+        """Store an answer that came outside a message (a Telegram button, the survey page) and its
+        ``intake.feedback.received.v1`` event in one transaction; False if ``answer_id`` was recorded before."""
+
+
+@dataclass(frozen=True)
+class Interception:
+    """A received message that is not a complaint but a request: a status question or a survey answer.
+
+    Reception stores the message as usual (its key keeps a redelivery from counting twice), but
+    publishes ``events`` instead of the complaint event, answers with ``answer`` instead of the
+    acknowledgement (inline or as the reply, as the channel answers), and records ``feedback``
+    with the message in the same transaction.
+    """
+
+    kind: Literal["status", "feedback"]
+    events: list[Event]
+    answer: Acknowledgement
+    feedback: Feedback | None = None
+
+
+class CustomerRequests(Protocol):
+    async def intercept(self, complaint: Complaint, route: Route | None) -> Interception | None:
+        """``complaint`` as normalised, ``route`` the route recorded for ``complaint.follows_up`` (if any); None: a complaint."""
+
+
+# Email surveys: (survey_id, reference, locale) -> {score: signed URL}; given to the delivery loop by the gateway.
+SurveyLinks = Callable[[str, str, str], dict[int, str]]
