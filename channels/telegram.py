@@ -56,7 +56,7 @@ from normalizer.record import Attachment
 
 if TYPE_CHECKING:  # intake.config imports this module for TelegramConfig
     from intake.acknowledgement import Acknowledgement
-    from intake.reception import Reception
+    from intake.reception import Outcome, Reception
     from normalizer.record import Complaint
 
 log = logging.getLogger("intake.telegram")
@@ -179,6 +179,7 @@ class TelegramChannel:
         self._config = config
         self._token = config.token.get_secret_value()
         self._reception = reception
+        reception.replayable("telegram", self._replay)
         self._attachments = attachments
         self._clock = clock
         self._webhook_url = (public_base_url or "").rstrip("/") + config.webhook_path
@@ -363,6 +364,15 @@ class TelegramChannel:
 
     # --- one update -------------------------------------------------------------------
 
+    async def _replay(self, raw: bytes, received_at: dt.datetime, context: dict[str, Any], channel_message_id: str) -> Outcome:
+        """A dead letter taken in again; a message that reads now is acknowledged in its chat, as it was not before."""
+        try:
+            message = normalize.parse(raw).message
+        except InvalidMessage:
+            message = None
+        reply_to = (message.chat.id, message.message_id) if message is not None else None
+        return await self._store(raw, channel_message_id, received_at, cursor=None, stored={}, reply_to=reply_to)
+
     async def _take(self, raw: bytes, *, update_id: int, cursor: tuple[str, str] | None) -> None:
         """Store a complaint, answer a command, or skip; the cursor (polling) moves only once that is durable.
 
@@ -404,7 +414,7 @@ class TelegramChannel:
         cursor: tuple[str, str] | None,
         stored: dict[str, Attachment],
         reply_to: tuple[int, int] | None,
-    ) -> None:
+    ) -> Outcome:
         def reply_payload(complaint: Complaint, acknowledgement: Acknowledgement) -> dict[str, Any]:
             assert reply_to is not None
             return {"chat_id": reply_to[0], "message_id": reply_to[1], "text": acknowledgement.short}
@@ -427,6 +437,7 @@ class TelegramChannel:
             "telegram message stored",
             extra={"event": "telegram_stored", "reference": outcome.reference, "duplicate": outcome.duplicate, "dead_lettered": outcome.dead_lettered},
         )
+        return outcome
 
     async def _download(self, message: Message) -> dict[str, Attachment]:
         """Keep the message's files in the attachment store; a file Telegram will not hand out keeps its tg-file location."""

@@ -37,7 +37,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -60,7 +60,8 @@ from normalizer.reference import spool_key
 if TYPE_CHECKING:  # at run time the gateway passes them in; importing them here would loop through intake.config
     from intake.attachments import AttachmentStore
     from intake.metrics import Metrics
-    from intake.reception import Reception
+    from intake.reception import Outcome, Reception, Replayer
+    from normalizer.record import Channel
 
 log = logging.getLogger("intake.channels.twilio")
 
@@ -163,6 +164,8 @@ class TwilioChannel:
     ) -> None:
         self._config = config
         self._reception = reception
+        for channel in ("sms", "mms", "whatsapp"):
+            reception.replayable(channel, self._replayer(channel))
         self._attachments = attachments
         self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self._clock = clock
@@ -218,6 +221,22 @@ class TwilioChannel:
         self._stopping.set()
 
     # --- the webhooks ---------------------------------------------------------
+
+    def _replayer(self, channel: Channel) -> Replayer:
+        async def replay(raw: bytes, received_at: dt.datetime, context: dict[str, Any], sid: str) -> Outcome:
+            """A dead letter taken in again; the TwiML answer went long ago, so nobody is answered now."""
+            stored = {url: Attachment.model_validate(item) for url, item in (context.get("attachments") or {}).items()}
+            return await self._reception.receive(
+                channel=channel,
+                channel_message_id=sid,
+                raw=raw,
+                normalize=lambda: normalize.to_complaint(raw, received_at=received_at, locales=SUPPORTED, stored=stored),
+                received_at=received_at,
+                ack="none",
+                context=context,
+            )
+
+        return replay
 
     async def receive_message(self, request: web.Request) -> web.Response:
         """Twilio's "a message comes in" webhook: an inbound SMS, MMS or WhatsApp message."""

@@ -53,7 +53,7 @@ from normalizer.record import Attachment
 if TYPE_CHECKING:
     from intake.attachments import AttachmentStore
     from intake.config import AcknowledgementConfig, HttpConfig
-    from intake.reception import Reception, ReplyPayload
+    from intake.reception import Outcome, Reception, ReplyPayload
     from intake.replies import ReplySender
 
 log = logging.getLogger("intake.channels.web_form")
@@ -401,6 +401,7 @@ class WebFormChannel:
     ) -> None:
         self._config = config
         self._reception = reception
+        reception.replayable("web", self._replay)
         self._attachments = attachments
         # The gateway's own dict: channels wired after this one (email, SMS) register their senders in it later.
         self._reply_senders = reply_senders
@@ -450,6 +451,20 @@ class WebFormChannel:
         return self._form(locale, token=token, values={}, errors=[])
 
     # --- POST ---------------------------------------------------------------------
+
+    async def _replay(self, raw: bytes, received_at: dt.datetime, context: dict[str, Any], submission_id: str) -> Outcome:
+        """A dead letter taken in again; the page that answered the customer was shown long ago, so nobody is answered now."""
+        return await self._reception.receive(
+            channel="web",
+            channel_message_id=submission_id,
+            raw=raw,
+            normalize=lambda: normalize.to_complaint(
+                raw, submission_id=submission_id, received_at=received_at, default_region=self._config.default_phone_region
+            ),
+            received_at=received_at,
+            ack="none",
+            context=context,
+        )
 
     async def receive(self, request: web.Request) -> web.Response:
         now = self._clock()

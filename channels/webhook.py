@@ -20,6 +20,7 @@ while they move to v2; a partner may send ``v1=…, v2=…`` during the move.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 import hashlib
 import hmac
 import re
@@ -32,7 +33,7 @@ from intake.config import WebhookConfig
 from intake.errors import TemporaryFailure
 from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.problems import problem
-from intake.reception import Reception
+from intake.reception import Outcome, Reception
 from normalizer import webhook as normalize
 from normalizer.errors import InvalidMessage
 
@@ -63,6 +64,7 @@ class WebhookChannel:
     def __init__(self, config: WebhookConfig, reception: Reception, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._reception = reception
+        reception.replayable("webhook", self._replay)
         self._clock = clock
 
     def routes(self) -> list[web.RouteDef]:
@@ -92,6 +94,19 @@ class WebhookChannel:
                 if any(hmac.compare_digest(value.encode(), candidate.encode("utf-8", "surrogateescape")) for value in expected):
                     return None
         return "unknown partner or bad signature"
+
+    async def _replay(self, raw: bytes, received_at: dt.datetime, context: dict[str, Any], channel_message_id: str) -> Outcome:
+        """A dead letter taken in again: the partner heard "dead-lettered" long ago, so nobody is answered now."""
+        partner, _, key = channel_message_id.partition("/")
+        return await self._reception.receive(
+            channel="webhook",
+            channel_message_id=channel_message_id,
+            raw=raw,
+            normalize=lambda: normalize.to_complaint(raw, partner=partner, idempotency_key=key, received_at=received_at),
+            received_at=received_at,
+            ack="none",
+            context=context,
+        )
 
     async def receive(self, request: web.Request) -> web.Response:
         received_at = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)

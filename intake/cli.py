@@ -122,6 +122,23 @@ def _spool_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from intake import replay
+
+    if bool(args.keys) == args.all:
+        print("name the dead letters to replay, or --all", file=sys.stderr)
+        return 2
+    settings = _settings(args.config)
+    try:
+        queued = replay.queue(settings.spool.path, args.keys or None, channel=args.channel)
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 1
+    missing = sorted(set(args.keys) - set(queued))
+    print(json.dumps({"queued": queued, "not_dead_letters_or_queued_already": missing}, indent=2))
+    return 1 if missing else 0
+
+
 def _dead_letters(args: argparse.Namespace) -> int:
     from intake import inspection
 
@@ -210,6 +227,14 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--personal", action="store_true", help="also show the channel's fields that name people")
     show.add_argument("--raw", metavar="FILE", help="write the raw bytes, exactly as received, to FILE")
     show.set_defaults(run=_dead_letters)
+    replay = dead.add_parser(
+        "replay",
+        help="after a fix, normalise dead letters again on their channel's path (the running gateway takes them within a second)",
+    )
+    replay.add_argument("keys", nargs="*", metavar="KEY", help="spool keys (channel:id) from `dead-letters list`")
+    replay.add_argument("--all", action="store_true", help="every dead letter (of --channel, if given)")
+    replay.add_argument("--channel", help="only this channel's, with --all")
+    replay.set_defaults(run=_replay)
     find = spool.add_parser("find", help="what the spool knows of a reference, e.g. C-7K3M-9QXA")
     find.add_argument("reference")
     find.add_argument("--personal", action="store_true", help="also show the channel's fields that name people")

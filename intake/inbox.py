@@ -21,6 +21,7 @@ from collections.abc import Callable
 from intake.errors import TemporaryFailure
 from intake.pause import pause
 from intake.reception import Reception
+from intake.replay import REPLAY
 from intake.spool import InboxMessage, Spool
 
 log = logging.getLogger("intake.inbox")
@@ -68,7 +69,7 @@ class Normaliser:
             await asyncio.gather(*(self._normalise(message) for message in due))
 
     async def _normalise(self, message: InboxMessage) -> None:
-        normalizer = self._reception.later.get(message.channel)
+        normalizer = self._reception.replay if REPLAY in message.context else self._reception.later.get(message.channel)
         received_at = dt.datetime.fromtimestamp(message.received_at, dt.timezone.utc)
         try:
             if normalizer is None:  # a channel taken out of the configuration since: its mail waits for it

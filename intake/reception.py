@@ -15,6 +15,7 @@ what ``receive`` does, the inbox message going in the same transaction.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import functools
 import hashlib
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from intake import events
 from intake.acknowledgement import Acknowledgement, compose
 from intake.config import AcknowledgementConfig
+from intake.errors import TemporaryFailure
 from intake.i18n import negotiate
 from intake.metrics import Metrics
 from intake.spool import Event, Reply, Spool, Submission
@@ -49,6 +51,12 @@ _REPLYABLE = frozenset({"email", "sms", "mms", "whatsapp", "telegram"})
 ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
 # What a channel does with a message from the inbox: (raw, received_at, context, inbox_id) to ``receive(..., inbox_id=...)``.
 LaterNormalizer = Callable[[bytes, dt.datetime, dict[str, Any], int], Awaitable["Outcome"]]
+# How a channel takes a dead letter in again: (raw, received_at, the context it was kept with, its channel message id),
+# on the channel's own receiving path; ``receive`` knows from the replay in progress that it replaces the dead letter.
+Replayer = Callable[[bytes, dt.datetime, dict[str, Any], str], Awaitable["Outcome"]]
+
+# The replay in progress in this task: the dead letter's key and the inbox message that carries it.
+_replaying: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("replaying", default=None)
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,35 @@ class Reception:
         # come again and again, so each pair is negotiated once.
         self._locale = functools.lru_cache(maxsize=1024)(self._negotiate)
         self.later: dict[str, LaterNormalizer] = {}
+        self.replayers: dict[str, Replayer] = {}
 
     def normalize_later(self, channel: str, normalizer: LaterNormalizer) -> None:
         """How ``channel``'s messages taken in by ``receive_later`` are normalised from the inbox."""
         self.later[channel] = normalizer
+
+    def replayable(self, channel: str, replayer: Replayer) -> None:
+        """How ``channel``'s dead letters are taken in again (``intake spool dead-letters replay``)."""
+        self.replayers[channel] = replayer
+
+    async def replay(self, raw: bytes, received_at: dt.datetime, stored: dict[str, Any], inbox_id: int) -> Outcome:
+        """Take in again a dead letter queued in the inbox by ``intake.replay``, on its channel's path.
+
+        Raises TemporaryFailure while its channel is not configured here: it waits in the inbox."""
+        key = stored["replay"]
+        channel, _, channel_message_id = key.partition(":")
+        replayer = self.replayers.get(channel)
+        if replayer is None:
+            raise TemporaryFailure(f"no {channel} channel here to replay it")
+        token = _replaying.set((key, inbox_id))
+        try:
+            outcome = await replayer(raw, received_at, stored.get("context") or {}, channel_message_id)
+        finally:
+            _replaying.reset(token)
+        log.info(
+            "dead letter replayed",
+            extra={"event": "replayed", "channel": channel, "reference": outcome.reference, "dead_lettered": outcome.dead_lettered},
+        )
+        return outcome
 
     async def receive_later(self, *, channel: Channel, raw: bytes, received_at: dt.datetime, context: dict[str, Any]) -> int:
         """Store the raw bytes to be normalised after the sender has been told yes; the inbox id.
@@ -152,6 +185,11 @@ class Reception:
 
         ``inbox_id``: the message comes from the inbox, and leaves it in the same transaction."""
         key = spool_key(channel, channel_message_id)
+        replaying = _replaying.get()
+        if replaying is not None:  # a dead letter taken in again: it leaves the inbox with this write, whatever its key now
+            replaces, inbox_id = replaying
+        else:
+            replaces = None
         submission = Submission(
             key=key,
             channel=channel,
@@ -163,13 +201,14 @@ class Reception:
             cursor=cursor,
             received_at=received_at.timestamp(),
             inbox_id=inbox_id,
+            replaces=replaces,
         )
         try:
             complaint = normalize()
             # Serialised here, inside the guard: a record the normalizer built but JSON cannot carry is a dead letter too.
             complaint_event = events.complaint_event(complaint, topic=self._topic, source=self._source)
         except InvalidMessage as error:
-            if not dead_letter_invalid:
+            if not dead_letter_invalid and replaces is None:  # a replay has nobody to refuse it to
                 self._metrics.received.labels(channel=channel, outcome="rejected").inc()
                 raise
             return await self._dead_letter(submission, channel_message_id, str(error), received_at)

@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS message (
     raw_digest TEXT NOT NULL,
     context TEXT NOT NULL,           -- JSON: what the channel knew besides the raw bytes
     answer TEXT NOT NULL,            -- JSON: what the sender was told, told again on redelivery
-    state TEXT NOT NULL              -- accepted | dead_letter
+    state TEXT NOT NULL              -- accepted | dead_letter | replayed (a dead letter stored again under another key)
 );
 CREATE INDEX IF NOT EXISTS message_received ON message (received_at);
 {outbox};
@@ -230,6 +230,7 @@ class Submission:
     dead_letter: bool = False
     received_at: float = field(default_factory=time.time)
     inbox_id: int | None = None  # the inbox message this normalises, deleted in the same transaction
+    replaces: str | None = None  # the key of the dead letter this replays (``intake spool dead-letters replay``)
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ class Spool:
         self._checkpoint_due = False
         self._batch_rows: list[_Row] = []  # outbox rows the batch in progress inserted
         self._batch_took_in = False  # the batch in progress added to the inbox
+        self._data_version: int | None = None  # the file's as the writer last counted it; other processes move it
 
     @classmethod
     def from_config(cls, config: SpoolConfig) -> Spool:
@@ -789,7 +791,7 @@ class Spool:
             rows = conn.execute(
                 "SELECT key, length(raw) + length(context) + length(answer) + 2 * length(key) + length(reference)"
                 " + length(raw_digest) + length(channel) FROM message"
-                " WHERE state = 'accepted'"
+                " WHERE state IN ('accepted', 'replayed')"
                 " AND key NOT IN (SELECT message_key FROM outbox WHERE message_key IS NOT NULL)"
                 " AND key NOT IN (SELECT message_key FROM reply)"
                 " ORDER BY received_at LIMIT 256"
@@ -873,6 +875,11 @@ class Spool:
             ).rowcount
             if submission.inbox_id is not None:
                 self._leave_inbox(conn, submission.inbox_id)
+            if submission.replaces is not None:
+                replaced = self._replace_dead_letter(conn, submission, answer, inserted=bool(inserted))
+                if isinstance(replaced, Receipt):
+                    return replaced
+                inserted = inserted or replaced  # the dead letter became this complaint, in place
             if not inserted:
                 row = conn.execute("SELECT raw_digest, answer FROM message WHERE key = ?", (submission.key,)).fetchone()
                 if submission.cursor is not None:
@@ -890,6 +897,29 @@ class Spool:
 
         # Never 0: a size marks the op as one that adds, refused while the disk is full.
         return await self._write(op, size=len(submission.raw) + sum(len(e.value) for e in submission.events) or 1)
+
+    @staticmethod
+    def _replace_dead_letter(conn: sqlite3.Connection, submission: Submission, answer: str, *, inserted: bool) -> Receipt | bool:
+        """A replayed dead letter: become the complaint it now reads as, or keep the newest reason why not.
+
+        A Receipt: nothing more to write. True: the dead letter's row is now this complaint's, and its
+        replies and events are to be written as for a new message. False: carry on as usual (stored
+        under a new key, or a plain duplicate)."""
+        if submission.dead_letter:
+            # Still not readable: no second dead-letter event, only the reason brought up to date.
+            conn.execute("UPDATE message SET answer = ? WHERE key = ? AND state = 'dead_letter'", (answer, submission.replaces))
+            if inserted and submission.key != submission.replaces:  # read under another key, and still failing: one is enough
+                conn.execute("DELETE FROM message WHERE key = ?", (submission.key,))
+            return Receipt(duplicate=True, same_content=True, answer=json.loads(answer))
+        if inserted:  # stored under the key it reads as now (an email whose Message-ID is readable after the fix)
+            conn.execute("UPDATE message SET state = 'replayed' WHERE key = ? AND state = 'dead_letter'", (submission.replaces,))
+            return False
+        return bool(
+            conn.execute(
+                "UPDATE message SET state = 'accepted', reference = ?, raw_digest = ?, answer = ? WHERE key = ? AND state = 'dead_letter'",
+                (submission.reference, submission.raw_digest, answer, submission.key),
+            ).rowcount
+        )
 
     def _leave_inbox(self, conn: sqlite3.Connection, inbox_id: int) -> None:
         left = conn.execute("DELETE FROM inbox WHERE id = ? RETURNING length(raw)", (inbox_id,)).fetchone()
@@ -1117,7 +1147,7 @@ class Spool:
 
         def op(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
-                "DELETE FROM message WHERE received_at < ? AND state = 'accepted'"
+                "DELETE FROM message WHERE received_at < ? AND state IN ('accepted', 'replayed')"
                 " AND key NOT IN (SELECT message_key FROM outbox WHERE message_key IS NOT NULL)"
                 " AND key NOT IN (SELECT message_key FROM reply)",
                 (older_than,),
@@ -1139,6 +1169,11 @@ class Spool:
 
         def op(conn: sqlite3.Connection) -> int:
             self._refusing = None
+            # Another process wrote to the spool (``intake spool dead-letters replay`` fills the inbox): count again.
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._data_version = version
+                self._recount(conn)
             room, _ = self._room_in(self._usage(conn))
             low = 2 * self._batch_bytes
             before = self.pruned_early

@@ -130,6 +130,7 @@ class Inbound:
         own.update(entry for entry in config.smtp.accept if "@" in entry)
         self._own_addresses = {address.lower() for address in own if address}
         reception.normalize_later("email", self._from_inbox)
+        reception.replayable("email", self._replay)
 
     async def receive_later(
         self, raw: bytes, *, received_at: dt.datetime, envelope_sender: str | None, origin: dict[str, str], context: dict[str, Any]
@@ -157,6 +158,11 @@ class Inbound:
             context=stored["context"],
             inbox_id=inbox_id,
         )
+
+    async def _replay(self, raw: bytes, received_at: dt.datetime, context: dict[str, Any], channel_message_id: str) -> Outcome:
+        """A dead letter taken in again: a mail that reads now is acknowledged, as it was not before. Its envelope
+        sender was not kept; the mail's own headers say where a reply goes."""
+        return await self.receive(raw, received_at=received_at, envelope_sender=None, origin={}, context=context)
 
     async def receive(
         self,
