@@ -312,6 +312,34 @@ async def test_a_web_form_complaint_with_only_a_phone_is_acknowledged_by_sms(tmp
     assert {record.key for record in acknowledged} == {reference} and len(acknowledged) == 2  # on the page, and by SMS
 
 
+async def test_an_sms_acknowledgement_twilio_refuses_is_recorded_as_failed_with_its_code_and_a_busy_one_retried(
+    tmp_path: Path, kafka, topic
+):
+    async with TwilioApi() as api:
+        config = settings(
+            tmp_path, kafka.bootstrap, topic,
+            attachments={"directory": str(tmp_path / "attachments")},
+            web_form={"enabled": True},
+            acknowledgement={"retry_first_seconds": 0.2},
+            twilio=sending(api).model_dump(mode="json", exclude={"auth_tokens"}) | {"auth_tokens": [AUTH_TOKEN]},
+        )  # fmt: skip
+        api.unsubscribed.add(CUSTOMER)
+        api.fail(1, status=429, code=20429, retry_after=1)
+        async with running(config) as (_, base), FormClient(base) as client:
+            await client.open("?lang=en")
+            await client.send(valid_fields(email="", preferred_contact=""))
+            await client.open("?lang=en")
+            await client.send(valid_fields(email="", preferred_contact="", phone=OTHER_PHONE, description="A second parcel, broken."))
+            # Two received, two acknowledged on the page, one failed for good, one sent once Twilio had room.
+            records = await read_topic(kafka.bootstrap, topic, expect=6)
+    [failed] = of_type(records, "acknowledgement_failed")
+    assert "Twilio 21610" in failed.data["error"] and CUSTOMER not in json.dumps(failed.data)
+    [sent] = api.sent
+    assert sent.to == OTHER_PHONE
+    # The first try of one of them met the 429, which was retried; the refused one was tried once.
+    assert sorted(request.status for request in api.received) == [201, 400, 429]
+
+
 async def test_a_gateway_without_twilio_sending_registers_no_twilio_sender(tmp_path: Path, kafka, topic):
     config = settings(tmp_path, kafka.bootstrap, topic, twilio={"enabled": True, "auth_tokens": [AUTH_TOKEN]})
     async with running(config) as (gateway, _):
