@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from channels.twilio import TwilioConfig, TwilioSender
-from intake.config import load
+from intake.config import Settings, load
 from intake.errors import Rejected, TemporaryFailure
 from intake.twoway import Delivered, OutboundMessage, Route
 from tests.support.gateway import free_port, running, settings
@@ -289,14 +289,18 @@ def test_sending_needs_a_token_and_a_sender_and_its_token_comes_from_the_secret_
 # --- through the gateway -----------------------------------------------------------------
 
 
+def form_and_sms(tmp_path: Path, kafka: Any, topic: str, api: TwilioApi, **sections: Any) -> Settings:
+    """A gateway with the web form, sending SMS through the stand-in (no Twilio webhook: sending needs none)."""
+    twilio = sending(api).model_dump(mode="json", exclude={"auth_tokens"}) | {"auth_tokens": [api.auth_token]}
+    return settings(
+        tmp_path, kafka.bootstrap, topic, attachments={"directory": str(tmp_path / "attachments")}, web_form={"enabled": True},
+        twilio=twilio, **sections,
+    )  # fmt: skip
+
+
 async def test_a_web_form_complaint_with_only_a_phone_is_acknowledged_by_sms(tmp_path: Path, kafka, topic):
     async with TwilioApi() as api:
-        config = settings(
-            tmp_path, kafka.bootstrap, topic,
-            attachments={"directory": str(tmp_path / "attachments")},
-            web_form={"enabled": True},
-            twilio=sending(api).model_dump(mode="json", exclude={"auth_tokens"}) | {"auth_tokens": [AUTH_TOKEN]},
-        )  # fmt: skip
+        config = form_and_sms(tmp_path, kafka, topic, api)
         async with running(config) as (gateway, base), FormClient(base) as client:
             assert set(gateway.outbound_senders) == {"sms", "mms", "whatsapp"} and "sms" in gateway.reply_senders
             await client.open("?lang=de")
@@ -316,13 +320,7 @@ async def test_an_sms_acknowledgement_twilio_refuses_is_recorded_as_failed_with_
     tmp_path: Path, kafka, topic
 ):
     async with TwilioApi() as api:
-        config = settings(
-            tmp_path, kafka.bootstrap, topic,
-            attachments={"directory": str(tmp_path / "attachments")},
-            web_form={"enabled": True},
-            acknowledgement={"retry_first_seconds": 0.2},
-            twilio=sending(api).model_dump(mode="json", exclude={"auth_tokens"}) | {"auth_tokens": [AUTH_TOKEN]},
-        )  # fmt: skip
+        config = form_and_sms(tmp_path, kafka, topic, api, acknowledgement={"retry_first_seconds": 0.2})
         api.unsubscribed.add(CUSTOMER)
         api.fail(1, status=429, code=20429, retry_after=1)
         async with running(config) as (_, base), FormClient(base) as client:

@@ -38,6 +38,7 @@ from multidict import MultiDict
 
 from intake.acknowledgement import gsm7_segments
 from tests.support.gateway import free_port
+from tests.support.topic import wait_for
 
 ACCOUNT_SID = "AC" + "3d" * 16
 AUTH_TOKEN = "7c1e4b9a2f6d8e0c3b5a7f9e1d2c4b6a"  # the shape of an Auth Token: 32 hex digits
@@ -177,11 +178,10 @@ class TwilioApi:
         self._whatsapp_inbound[number] = time.time() if at is None else at
 
     async def wait_sent(self, count: int, timeout: float = 20) -> list[SentMessage]:
-        deadline = time.monotonic() + timeout
-        while len(self.sent) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.sent)} of {count} messages sent")
-            await asyncio.sleep(0.05)
+        async def enough() -> bool:
+            return len(self.sent) >= count
+
+        await wait_for(enough, timeout=timeout, interval=0.05)
         return self.sent
 
     # --- the Messages resource -------------------------------------------------------
