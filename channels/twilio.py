@@ -1,4 +1,4 @@
-"""Twilio channel (SMS, MMS, WhatsApp): the signed inbound-message webhook, answered with TwiML, and delivery reports.
+"""Twilio channel (SMS, MMS, WhatsApp): the signed inbound-message webhook answered with TwiML, delivery reports, and sending.
 
 Point the number's (or Messaging Service's) "a message comes in" webhook at
 ``POST <public_base_url>/twilio/messages`` and its status callback at
@@ -26,6 +26,17 @@ Point the number's (or Messaging Service's) "a message comes in" webhook at
   Twilio answers them itself; they are only counted.
 - Delivery reports are counted (by status and error code), never recorded as
   complaints. Both URLs tell reports and messages apart by what was posted.
+
+Sending (:class:`TwilioSender`) goes through Twilio's REST Messages API with
+the twilio package's asyncio client, once ``account_sid`` is set: messages of
+the two-way path on SMS, MMS and WhatsApp (``intake.twoway.OutboundSender``),
+and the SMS acknowledgement of a web form complaint that gave only a phone
+number (``intake.replies.ReplySender``). What Twilio refuses for good (a bad
+number, a STOP, WhatsApp's closed window, a region not enabled, bad
+credentials) is ``Rejected`` naming Twilio's error code; a 429, a 5xx, a
+timeout or a lost connection is ``TemporaryFailure``, with Twilio's
+Retry-After. Neither names a phone number: Twilio's own error messages quote
+them, so only the codes are kept.
 """
 
 from __future__ import annotations
@@ -33,10 +44,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import logging
 import re
 import time
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,13 +58,18 @@ from aiohttp import web
 from multidict import MultiDict
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response as TwilioResponse
 from twilio.request_validator import SIGNATURE_HEADER, RequestValidator
+from twilio.rest import Client as TwilioClient
 from twilio.twiml.messaging_response import MessagingResponse
 
 from intake.errors import Rejected, TemporaryFailure
 from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import SUPPORTED
 from intake.problems import problem
+from intake.twoway import Delivered, OutboundMessage
 from normalizer import twilio as normalize
 from normalizer.errors import InvalidMessage
 from normalizer.record import Attachment
@@ -90,6 +108,7 @@ _SHAPES = {
 _REQUIRED_INBOUND = ("AccountSid", "From", "NumMedia")
 # [0-9], not \d: in a str pattern \d also matches Arabic-Indic and other digits, which Twilio never sends.
 _ERROR_CODE = re.compile(r"[0-9]{1,6}")
+_E164 = r"^\+[1-9][0-9]{6,14}$"
 
 
 class TwilioConfig(BaseModel):
@@ -105,7 +124,8 @@ class TwilioConfig(BaseModel):
     auth_tokens: list[SecretStr] = Field(
         default_factory=list,
         description="The Twilio account's Auth Token, which signs the webhooks (X-Twilio-Signature); list the primary and the "
-        "secondary while rotating. Also the password of media downloads.",
+        "secondary while rotating. Also the password of media downloads, and the first (the primary) that of the REST API "
+        "when account_sid is set.",
     )
     max_body_bytes: int = Field(64 * 1024, ge=4096, le=1024 * 1024, description="Larger posts get 413; Twilio's are a few KiB.")
     acknowledgement_status_callback: bool = Field(
@@ -134,11 +154,70 @@ class TwilioConfig(BaseModel):
         description="Larger media are not downloaded, only listed by URL (WhatsApp allows 16 MB, MMS 5 MB).",
     )
 
+    # --- sending (the REST Messages API) ---------------------------------------------
+    account_sid: str | None = Field(
+        None,
+        pattern=r"^AC[0-9a-fA-F]{32}$",
+        description="The Twilio account (AC + 32 hex digits) that sends SMS, MMS and WhatsApp through the REST Messages API: "
+        "messages, statuses and surveys to complainants, and the SMS acknowledgement of a web form complaint that gave only "
+        "a phone number. Set, sending is on; it signs in with the first of auth_tokens (the primary). Not secret, but "
+        "INTAKE_TWILIO__ACCOUNT_SID keeps it with the token.",
+    )
+    api_base_url: str = Field(
+        "https://api.twilio.com",
+        pattern=r"^https?://[^/?#]+/?$",
+        description="Where Twilio's REST API is (scheme and host, no path); a test points it at a stand-in.",
+    )
+    default_from: str | None = Field(
+        None,
+        pattern=_E164,
+        description="The number (E.164) SMS and MMS go out from when there is no number the customer wrote to: a web form "
+        "complaint's acknowledgement, a message on another channel's complaint. With messaging_service_sid, this one wins.",
+    )
+    whatsapp_from: str | None = Field(
+        None,
+        pattern=_E164,
+        description="The WhatsApp sender (E.164, without whatsapp:) for a WhatsApp message to a complainant who did not write "
+        "to us on WhatsApp; one who did is answered from the number they wrote to.",
+    )
+    messaging_service_sid: str | None = Field(
+        None,
+        pattern=r"^MG[0-9a-fA-F]{32}$",
+        description="A Messaging Service (MG + 32 hex digits) to send through when there is no number to send from (no "
+        "default_from or whatsapp_from); Twilio picks the sender from its pool.",
+    )
+    status_callback_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Twilio reports each sent message's delivery here (StatusCallback), e.g. <public_base_url>/twilio/status, "
+        "where delivery reports are counted. Unset: none asked for (a Messaging Service's own callback still applies).",
+    )
+    request_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="Bound on one call to the REST API; a call that times out is retried later. The Messages API takes no "
+        "idempotency key, so a message whose call timed out after Twilio took it can reach the customer twice.",
+    )
+
     @model_validator(mode="after")
     def _tokens_when_enabled(self) -> TwilioConfig:
-        if self.enabled and not any(token.get_secret_value() for token in self.auth_tokens):
+        has_token = any(token.get_secret_value() for token in self.auth_tokens)
+        if self.enabled and not has_token:
             raise ValueError("twilio.enabled needs at least one auth token in twilio.auth_tokens")
+        if self.account_sid is not None:
+            if not has_token:
+                raise ValueError("twilio.account_sid (sending) needs the account's auth token in twilio.auth_tokens")
+            if not (self.default_from or self.messaging_service_sid):
+                raise ValueError(
+                    "twilio.account_sid (sending) needs twilio.default_from or twilio.messaging_service_sid to send from"
+                )
         return self
+
+    @property
+    def sending(self) -> bool:
+        """Whether messages can be sent through the REST API (an account and its token)."""
+        return self.account_sid is not None and bool(self.auth_tokens) and bool(self.auth_tokens[0].get_secret_value())
 
 
 class _MediaUnavailable(Exception):
@@ -402,6 +481,229 @@ class TwilioChannel:
         except (TimeoutError, aiohttp.ClientError) as error:
             # The class name only: aiohttp's messages quote the URL.
             raise _MediaUnavailable(type(error).__name__) from None
+
+
+# --- sending -------------------------------------------------------------------------
+
+# The vias this sender takes; SMS and MMS reach the same number, WhatsApp the same number under another address.
+VIAS = ("sms", "mms", "whatsapp")
+_PHONE_CHANNELS = frozenset(VIAS)
+_WHATSAPP = "whatsapp:"
+# Twilio's error codes that no retry will change, in our own words: Twilio's messages quote the phone number.
+_PERMANENT = {
+    20003: "authentication failed: check twilio.account_sid and the auth token",
+    20404: "the account or resource was not found",
+    21211: "the To number is not a valid phone number",
+    21408: "sending to this region is not enabled on the account",
+    21602: "the message has no body",
+    21603: "no From number",
+    21604: "no To number",
+    21606: "the From number cannot send to this destination",
+    21610: "the recipient has opted out (STOP)",
+    21612: "Twilio cannot route a message between these numbers",
+    21614: "the To number is not a mobile number",
+    21617: "the body is too long",
+    21656: "the content variables are not valid JSON",
+    63007: "no WhatsApp sender found for the From address",
+    63016: "outside WhatsApp's 24-hour window: a template is needed",
+}
+
+
+class _RestHttp(AsyncTwilioHttpClient):
+    """twilio's asyncio HTTP client, bounded in time, with 429, 5xx and lost connections as ``TemporaryFailure``.
+
+    Two things the library's own ``request`` does not do: it passes ``timeout=None`` on to
+    aiohttp when the caller gives none (and ``messages.create_async`` gives none), which
+    aiohttp reads as "no timeout at all", whatever the client was built with; and the
+    ``TwilioRestException`` it raises keeps the status and code but not the headers, so
+    Twilio's Retry-After would be lost. So the request is made here, and a failure worth
+    retrying is told apart while the whole response is still at hand. It also does not log
+    each request at INFO, as the library does.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(pool_connections=False, timeout=timeout, logger=log)
+        # Made here, in the running loop, rather than by the library's constructor.
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> TwilioResponse:
+        assert self.session is not None
+        bound = aiohttp.ClientTimeout(total=timeout or self.timeout)
+        headers = dict(headers or {})
+        if auth is not None:
+            headers["Authorization"] = _basic(*auth)
+        try:
+            async with self.session.request(
+                method.upper(), url, params=params, data=data, headers=headers, timeout=bound, allow_redirects=allow_redirects
+            ) as response:
+                text = await response.text()
+                status, answer_headers = response.status, response.headers
+        except (TimeoutError, aiohttp.ClientError) as error:
+            # The class name only: aiohttp's messages quote the URL, which names the account.
+            raise TemporaryFailure(f"Twilio unreachable: {type(error).__name__}") from None
+        if status == 429 or status >= 500:
+            code = _code_of(text)
+            failure = TemporaryFailure(f"Twilio {code or status}: {'too many requests' if status == 429 else f'HTTP {status}'}")
+            wait = _retry_after(answer_headers.get("Retry-After"))
+            if wait is not None:
+                # On the instance: intake.replies (and the delivery loop) read a wait asked for by this failure there.
+                failure.retry_after = wait
+            raise failure
+        return TwilioResponse(status, text, answer_headers)
+
+
+class TwilioSender:
+    """SMS, MMS and WhatsApp through Twilio's REST Messages API, with the twilio package's asyncio client.
+
+    Two roles: ``deliver`` (``intake.twoway.OutboundSender``) for "sms", "mms" and
+    "whatsapp", and ``send_reply`` (``intake.replies.ReplySender``) for "sms", the
+    acknowledgement of a web form complaint that gave only a phone number. The HTTP
+    session is made on first use, in the running loop; ``close()`` ends it.
+    """
+
+    def __init__(self, config: TwilioConfig) -> None:
+        if not config.sending:
+            raise ValueError("TwilioSender needs twilio.account_sid and an auth token")
+        self._config = config
+        self._client: TwilioClient | None = None
+        self._http: _RestHttp | None = None
+
+    async def deliver(self, message: OutboundMessage) -> Delivered:
+        """Send one message of the two-way path; ``Delivered.provider_id`` is Twilio's Message SID."""
+        via = message.via
+        if via not in _PHONE_CHANNELS:
+            raise Rejected(f"Twilio does not send on {via!r}")
+        to, sender = _recipient(message)
+        if to is None:
+            raise Rejected(f"no phone number to send to on {via}")
+        fields: dict[str, Any] = {"to": _address(via, to), **self._sender(via, sender)}
+        notes: list[str] = []
+        if message.template_sid:
+            # Outside WhatsApp's window only an approved template may go; its text is Twilio's, filled with these.
+            fields["content_sid"] = message.template_sid
+            fields["content_variables"] = json.dumps(message.template_variables, ensure_ascii=False)
+            notes.append("whatsapp template" if via == "whatsapp" else "content template")
+        else:
+            fields["body"] = message.short
+            if message.attachment_urls:
+                if via == "sms":
+                    # Media would turn it into an MMS, which many countries' networks do not carry.
+                    notes.append("attachments not sent by sms")
+                else:
+                    fields["media_url"] = list(message.attachment_urls)
+        sid = await self._create(fields, reference=message.reference)
+        return Delivered(provider_id=sid, note="; ".join(notes) or None)
+
+    async def send_reply(self, payload: dict[str, Any]) -> None:
+        """Send an acknowledgement by SMS: the payload's ``to`` (E.164) and ``text`` (the short acknowledgement)."""
+        to, text = payload.get("to"), payload.get("text")
+        if not isinstance(to, str) or not to or not isinstance(text, str) or not text:
+            raise Rejected("an SMS acknowledgement needs a number and a text")
+        fields = {"to": to, "body": text, **self._sender("sms", None)}
+        await self._create(fields, reference=payload.get("reference"))
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = self._client = None
+
+    # --- the REST call ------------------------------------------------------------
+
+    def _sender(self, via: str, wrote_to: str | None) -> dict[str, str]:
+        """From (the number the customer wrote to, else the configured one), or the Messaging Service to pick one."""
+        configured = self._config.whatsapp_from if via == "whatsapp" else self._config.default_from
+        number = wrote_to or configured
+        if number:
+            return {"from_": _address(via, number)}
+        if self._config.messaging_service_sid:
+            return {"messaging_service_sid": self._config.messaging_service_sid}
+        raise Rejected(f"no sender configured for {via} (twilio.whatsapp_from or twilio.messaging_service_sid)")
+
+    def _rest(self) -> TwilioClient:
+        if self._client is None:
+            account = self._config.account_sid
+            assert account is not None
+            self._http = _RestHttp(self._config.request_timeout_seconds)
+            self._client = TwilioClient(
+                account, self._config.auth_tokens[0].get_secret_value(), account_sid=account, http_client=self._http
+            )
+            # The library has no option for another host (edge and region only make other twilio.com names);
+            # the API domain's own base URL is what every Messages URL is built from.
+            self._client.api.base_url = self._config.api_base_url.rstrip("/")
+        return self._client
+
+    async def _create(self, fields: dict[str, Any], *, reference: object) -> str:
+        if self._config.status_callback_url:
+            fields["status_callback"] = self._config.status_callback_url
+        try:
+            created = await self._rest().messages.create_async(**fields)
+        except (TwilioRestException, TwilioServiceException) as error:
+            # str(error) names the request URL and Twilio's message, which quotes the number: the code only.
+            code = error.code if isinstance(error.code, int) else None
+            why = _PERMANENT.get(code or 0, f"HTTP {error.status}")
+            log.warning(
+                "Twilio refused a message",
+                extra={"event": "twilio_send_refused", "reference": reference, "code": code, "status": error.status},
+            )
+            raise Rejected(f"Twilio {code or error.status}: {why}") from None
+        if not created.sid:
+            raise TemporaryFailure("Twilio answered without a Message SID")
+        return created.sid
+
+
+def _recipient(message: OutboundMessage) -> tuple[str | None, str | None]:
+    """(the customer's number, the number they wrote to, if it can send on this via)."""
+    route, via = message.route, message.via
+    if via == route.channel or {via, route.channel} <= {"sms", "mms"}:
+        return _plain(route.address.get("to")), _plain(route.address.get("from"))
+    # Another channel: the phone the complainant gave, else the number they wrote from on another of Twilio's channels
+    # (WhatsApp's window closed, an SMS to the same number). Never from the number they wrote to: it may not send on this via.
+    given = route.contacts.get("phone") or (route.address.get("to") if route.channel in _PHONE_CHANNELS else None)
+    return _plain(given), None
+
+
+def _plain(number: object) -> str | None:
+    return number.removeprefix(_WHATSAPP) if isinstance(number, str) and number else None
+
+
+def _address(via: str, number: str) -> str:
+    """Twilio's address of a number on a via: ``whatsapp:+…`` on WhatsApp, the E.164 number elsewhere."""
+    return _WHATSAPP + number if via == "whatsapp" else number
+
+
+def _code_of(text: str) -> int | None:
+    """Twilio's error code from an error body ({"code", "message", "more_info", "status"}), if it has one."""
+    try:
+        code = json.loads(text).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date, RFC 9110 §10.2.3), bounded to an hour."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), 3600.0)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return min(max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds()), 3600.0)
 
 
 def _malformed(params: MultiDict[str], *, inbound: bool) -> str | None:

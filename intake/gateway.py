@@ -22,7 +22,8 @@ from channels import email as email_channel
 from channels.email.imap import MailboxWatcher
 from channels.email.smtp import SmtpListener
 from channels.telegram import TelegramChannel
-from channels.twilio import TwilioChannel
+from channels.twilio import VIAS as TWILIO_VIAS
+from channels.twilio import TwilioChannel, TwilioSender
 from channels.web_form import WebFormChannel
 from channels.webhook import WebhookChannel
 from intake.attachments import AttachmentStore
@@ -39,6 +40,7 @@ from intake.reception import Reception
 from intake.replies import Replies, ReplySender
 from intake.spool import Spool
 from intake.supervisor import Component, Supervisor
+from intake.twoway import OutboundSender
 from intake.workers import spools_beyond, worker_spool_path
 
 log = logging.getLogger("intake.gateway")
@@ -151,6 +153,8 @@ class Gateway:
             settings.attachments.directory, max_bytes=settings.attachments.max_bytes, max_count=settings.attachments.max_count
         )
         self.reply_senders: dict[str, ReplySender] = {}
+        # The two-way path's senders, by the via a message goes out on.
+        self.outbound_senders: dict[str, OutboundSender] = {}
         ack = settings.acknowledgement
         self.replies = Replies(
             self.spool,
@@ -218,6 +222,13 @@ class Gateway:
             )
             self._add_channel_routes("twilio", twilio.routes())
             self.services.append(twilio)
+        # Sending needs no webhook: a web form complaint with only a phone number is acknowledged by SMS all the same.
+        self.twilio_sender: TwilioSender | None = None
+        if settings.twilio.sending:
+            self.twilio_sender = TwilioSender(settings.twilio)
+            self.reply_senders["sms"] = self.twilio_sender
+            for via in TWILIO_VIAS:
+                self.outbound_senders[via] = self.twilio_sender
         # Long polling has one owner per bot; its complaints, and so its replies, are all in worker 0's spool.
         if settings.telegram.enabled and (settings.telegram.mode == "webhook" or worker == 0):
             telegram = TelegramChannel(
@@ -280,6 +291,8 @@ class Gateway:
         """Stop the channels, then the replies, then flush what Kafka will take within the grace period; close the spool."""
         self.draining = True
         await self.supervisor.stop(timeout=self.settings.shutdown_grace_seconds + 5)
+        if self.twilio_sender is not None:  # after every loop that sends through it has stopped
+            await self.twilio_sender.close()
         await self.spool.close()
         for spool in self.left_spools:
             await spool.close()
