@@ -1,4 +1,4 @@
-"""Telegram bot channel: updates in by webhook or by our own long polling, acknowledgements out by sendMessage.
+"""Telegram bot channel: updates in by webhook or by our own long polling, answers out by sendMessage.
 
 Both ways in end in the same place: an update becomes a complaint only once
 the spool has it, and only then is Telegram told so.
@@ -12,13 +12,26 @@ the spool has it, and only then is Telegram told so.
   handled, and a crash loses them.
 
 Acknowledgements go through the spool (``ack="reply"``) and are sent as a
-reply to the customer's message by :meth:`TelegramChannel.send_reply`.
+reply to the customer's message by :meth:`TelegramChannel.send_reply`; what
+downstream tells the complainant later (``intake.twoway``) by
+:meth:`TelegramChannel.deliver`, the same way.
+
+A survey is asked natively: an inline keyboard of 1 to 5 under the question,
+then, once pressed, 0 to 10 (would you recommend us) and "skip". A press is a
+``callback_query`` update. It is answered at once (answerCallbackQuery: the
+customer's app shows a spinner until then) and recorded as the complainant's
+answer with its ``intake.feedback.received.v1`` event, once however often it is
+pressed or delivered, and only from the chat the survey went to: a client can
+put any data into a callback, so the data names the complaint and the survey
+and both are checked against what the spool knows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import hashlib
 import hmac
 import json
 import logging
@@ -30,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from telegram import Bot, Message, ReplyParameters
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -46,28 +59,36 @@ from telegram.warnings import PTBDeprecationWarning
 
 from intake.attachments import AttachmentStore
 from intake.errors import Rejected, TemporaryFailure
+from intake.feedback import record as record_feedback
 from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import translations
 from intake.problems import problem
 from intake.pause import pause
+from intake.texts import compose_feedback_thanks
+from intake.twoway import Delivered, Feedback, OutboundMessage, Route, Survey
 from normalizer import telegram as normalize
 from normalizer.errors import InvalidMessage
 from normalizer.record import Attachment
 
 if TYPE_CHECKING:  # intake.config imports this module for TelegramConfig
     from intake.acknowledgement import Acknowledgement
+    from intake.metrics import Metrics
     from intake.reception import Outcome, Reception
+    from intake.twoway import Conversations
     from normalizer.record import Complaint
 
 log = logging.getLogger("intake.telegram")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-# edited_message is asked for so that an edit is seen and skipped on purpose, not silently missed.
-ALLOWED_UPDATES = ("message", "edited_message")
+# edited_message is asked for so that an edit is seen and skipped on purpose, not silently missed;
+# callback_query carries the presses of a survey's buttons.
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
 _TOKEN = r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,}$"
 _SECRET = r"^[A-Za-z0-9_-]{1,256}$"  # what setWebhook accepts as secret_token
 # Telegram's update ids are positive and sequential; the bound keeps the cursor (update_id + 1) a 64-bit integer.
 _MAX_UPDATE_ID = 2**63 - 2
+# A survey button's callback_data (at most 64 bytes): question (c: 1-5, n: 0-10), reference, survey tag, score or "-" (skip).
+_PRESS = re.compile(r"^([cn]):(C-[0-9A-Z]{4}-[0-9A-Z]{4}):([A-Za-z0-9_-]{11}):(10|[0-9]|-)$")
 
 
 class TelegramConfig(BaseModel):
@@ -172,7 +193,13 @@ class TelegramChannel:
         *,
         public_base_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        conversations: Conversations | None = None,
+        metrics: Metrics | None = None,
+        topic: str = "complaints",
+        source: str = "urn:intake",
     ) -> None:
+        """``conversations`` (the spool), ``metrics``, ``topic`` and ``source``: where survey answers are recorded;
+        without ``conversations`` a press is answered and ignored."""
         assert config.token is not None, "TelegramConfig validates the token when enabled"
         if config.mode == "webhook" and config.set_webhook and not public_base_url:
             raise ValueError("telegram.set_webhook needs http.public_base_url: the URL Telegram is to call")
@@ -182,6 +209,10 @@ class TelegramChannel:
         reception.replayable("telegram", self._replay)
         self._attachments = attachments
         self._clock = clock
+        self._conversations = conversations
+        self._metrics = metrics
+        self._topic = topic
+        self._source = source
         self._webhook_url = (public_base_url or "").rstrip("/") + config.webhook_path
         self.bot_id = config.bot_id
         self.cursor_name = f"telegram:{self.bot_id}"
@@ -379,6 +410,13 @@ class TelegramChannel:
         Raises TemporaryFailure when nothing was stored and the update must come again.
         """
         received_at = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc)
+        press = _callback_query(raw)
+        if press is not None:
+            # An answer, not a complaint: recorded (idempotently) in the spool by the survey's own transaction.
+            await self._answer_press(press, received_at)
+            if cursor is not None:
+                await self._reception.spool.set_cursor(*cursor)
+            return
         try:
             update = normalize.parse(raw)
         except InvalidMessage:
@@ -469,15 +507,111 @@ class TelegramChannel:
             raise TemporaryFailure("the telegram channel is stopping")
         await self._send(int(payload["chat_id"]), str(payload["text"]), reply_to=payload.get("message_id"))
 
-    async def _send(self, chat_id: int, text: str, *, reply_to: int | None) -> None:
+    def can_deliver(self, route: Route) -> bool:
+        """Only a complaint made in a Telegram chat can be answered here: a bot cannot start a chat with anyone."""
+        return route.channel == "telegram" and type(route.address.get("chat_id")) is int
+
+    async def deliver(self, message: OutboundMessage) -> Delivered:
+        """``gateway.outbound_senders["telegram"]``: a reply to the complainant's message in their chat; a survey with its buttons."""
+        if self._stopping.is_set():
+            raise TemporaryFailure("the telegram channel is stopping")
+        if message.via != "telegram" or not self.can_deliver(message.route):
+            raise Rejected("no Telegram chat for this complainant")
+        text = message.short
+        if message.attachment_urls:
+            # Links, not uploads: the files stay where downstream keeps them; Telegram shows a preview of the first.
+            text += "\n\n" + "\n".join(message.attachment_urls)
+        markup = None
+        if message.kind == "survey" and message.survey is not None:
+            markup = _csat_keyboard(message.reference, message.survey)
+        reply_to = message.route.address.get("message_id")
+        sent = await self._send(message.route.address["chat_id"], text, reply_to=reply_to if type(reply_to) is int else None, markup=markup)
+        return Delivered(provider_id=str(sent.message_id))
+
+    # --- survey answers ----------------------------------------------------------------
+
+    async def _answer_press(self, query: dict[str, Any], received_at: dt.datetime) -> None:
+        """A survey button pressed: answered at once, recorded once; anything we cannot place is answered and ignored.
+
+        Raises TemporaryFailure when the answer could not be stored: the update comes again, and is recorded then.
+        """
+        query_id = query.get("id")
+        press = await self._understand(query)
+        if press is None:
+            log.info("callback ignored", extra={"event": "telegram_press_ignored"})
+            await self._answer_query(query_id, None)
+            return
+        route, survey, question, value = press
+        await self._answer_query(query_id, compose_feedback_thanks(route.locale).short)
+        chat_id, message_id = query["message"]["chat"]["id"], query["message"]["message_id"]
+        if value is None:  # "skip": no answer to record, no question left to show
+            await self._edit_keyboard(chat_id, message_id, None)
+            return
+        feedback = Feedback(
+            reference=_reference(query),
+            survey_id=survey.survey_id,
+            channel="telegram",
+            score=value if question == "c" else None,
+            nps=value if question == "n" else None,
+            # One answer per question and survey message: pressing twice, or Telegram delivering twice, counts once.
+            answer_id=f"{chat_id}:{message_id}:{'csat' if question == 'c' else 'nps'}",
+        )
+        assert self._conversations is not None and self._metrics is not None
+        recorded = await record_feedback(
+            self._conversations, feedback, metrics=self._metrics, topic=self._topic, source=self._source, received_at=received_at
+        )
+        log.info("survey answer", extra={"event": "telegram_feedback", "reference": feedback.reference, "question": question, "recorded": recorded})
+        if recorded:
+            follow_up = _nps_keyboard(feedback.reference, survey, route.locale) if question == "c" and survey.nps else None
+            await self._edit_keyboard(chat_id, message_id, follow_up)
+
+    async def _understand(self, query: dict[str, Any]) -> tuple[Route, Survey, str, int | None] | None:
+        """(route, survey, question, score) of a press from the chat its survey went to, for the survey still open; else None."""
+        data = query.get("data")
+        message = query.get("message")
+        matched = _PRESS.fullmatch(data) if isinstance(data, str) else None
+        if matched is None or self._conversations is None or self._metrics is None or not isinstance(message, dict):
+            return None
+        chat_id = (message.get("chat") or {}).get("id")
+        if type(chat_id) is not int or type(message.get("message_id")) is not int:
+            return None
+        question, reference, tag, shown = matched.groups()
+        value = None if shown == "-" else int(shown)
+        if question == "c" and (value is None or not 1 <= value <= 5):
+            return None
+        route = await self._conversations.route(reference)
+        if route is None or route.channel != "telegram" or route.address.get("chat_id") != chat_id:
+            return None  # not this chat's complaint: someone else's reference in forged data, or a forwarded keyboard
+        survey = await self._conversations.open_survey(reference)
+        if survey is None or _survey_tag(survey.survey_id) != tag or (question == "n" and not survey.nps):
+            return None  # a survey already closed, or one that was never asked
+        return route, survey, question, value
+
+    async def _answer_query(self, query_id: object, text: str | None) -> None:
+        """answerCallbackQuery: stops the spinner on the customer's button. Its failure loses nothing; the answer is recorded anyway."""
+        if not isinstance(query_id, str):
+            return
+        try:
+            await self.bot.answer_callback_query(query_id, text=text)
+        except TelegramError as error:  # "query is too old" on a redelivered update, or the Bot API away
+            log.info("callback query not answered", extra={"event": "telegram_press_unanswered", "error": self._plain(error)})
+
+    async def _edit_keyboard(self, chat_id: int, message_id: int, markup: InlineKeyboardMarkup | None) -> None:
+        """editMessageReplyMarkup; None takes the keyboard away. A failure leaves the old one, whose presses are then ignored or counted once."""
+        try:
+            await self.bot.edit_message_reply_markup(chat_id=chat_id, message_id=message_id, reply_markup=markup)
+        except TelegramError as error:  # "message is not modified", a message too old to edit, the Bot API away
+            log.info("survey keyboard not changed", extra={"event": "telegram_keyboard_unchanged", "error": self._plain(error)})
+
+    async def _send(self, chat_id: int, text: str, *, reply_to: int | None, markup: InlineKeyboardMarkup | None = None) -> Message:
         """sendMessage; TemporaryFailure to try again later, Rejected when it can never be delivered."""
         # Sent even if the customer deleted their message meanwhile: the reference is what matters.
         reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
         try:
-            await self.bot.send_message(chat_id=chat_id, text=text, reply_parameters=reply)
+            return await self.bot.send_message(chat_id=chat_id, text=text, reply_parameters=reply, reply_markup=markup)
         except ChatMigrated as error:
             # A group became a supergroup: the same conversation under a new id; the old message id means nothing there.
-            await self._send(error.new_chat_id, text, reply_to=None)
+            return await self._send(error.new_chat_id, text, reply_to=None, markup=markup)
         except RetryAfter as error:
             failure = TemporaryFailure("telegram flood control: asked to wait")
             failure.retry_after = _seconds(error)
@@ -499,6 +633,38 @@ def _update_id(update: object) -> int | None:
     if type(update_id) is not int or not 0 <= update_id <= _MAX_UPDATE_ID:
         return None
     return update_id
+
+
+def _callback_query(raw: bytes) -> dict[str, Any] | None:
+    """The update's callback_query, if it is one (a survey button pressed)."""
+    try:
+        update = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    query = update.get("callback_query") if isinstance(update, dict) else None
+    return query if isinstance(query, dict) else None
+
+
+def _reference(query: dict[str, Any]) -> str:
+    return str(query["data"]).split(":")[1]
+
+
+def _survey_tag(survey_id: str) -> str:
+    """11 characters naming a survey in callback_data (64 bytes at most, where a survey id may not fit); 66 bits of SHA-256."""
+    return base64.urlsafe_b64encode(hashlib.sha256(survey_id.encode()).digest()[:9]).decode()[:11]
+
+
+def _csat_keyboard(reference: str, survey: Survey) -> InlineKeyboardMarkup:
+    tag = _survey_tag(survey.survey_id)
+    return InlineKeyboardMarkup([[InlineKeyboardButton(str(score), callback_data=f"c:{reference}:{tag}:{score}") for score in range(1, 6)]])
+
+
+def _nps_keyboard(reference: str, survey: Survey, locale: str) -> InlineKeyboardMarkup:
+    """0 to 10 in two rows (eleven buttons in one are too narrow to hit on a phone), then "skip"."""
+    tag = _survey_tag(survey.survey_id)
+    button = lambda score: InlineKeyboardButton(str(score), callback_data=f"n:{reference}:{tag}:{score}")  # noqa: E731
+    skip = InlineKeyboardButton(translations(locale).gettext("Skip"), callback_data=f"n:{reference}:{tag}:-")
+    return InlineKeyboardMarkup([[button(score) for score in range(0, 6)], [button(score) for score in range(6, 11)], [skip]])
 
 
 def _seconds(error: RetryAfter) -> float:

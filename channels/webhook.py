@@ -15,27 +15,41 @@ Version 1 signed ``<timestamp>.<body>`` only: a request captured within the
 replay window could be sent again under a new Idempotency-Key and be taken as
 a new complaint. It is accepted only from partners whose ``accept_v1`` is on,
 while they move to v2; a partner may send ``v1=…, v2=…`` during the move.
+
+The way back (``intake.twoway``): what downstream tells a partner's
+complainant is POSTed to the partner's ``callback_url``, signed the same way
+with the partner's ``callback_secrets`` (the first one), the command's id as
+Idempotency-Key, so the partner can verify it with the code that signs to us
+and recognise a retry (:class:`PartnerCallbackSender`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from typing import Any
+import email.utils
 import hashlib
 import hmac
+import json
+import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from intake.config import WebhookConfig
-from intake.errors import TemporaryFailure
+from intake.errors import Rejected, TemporaryFailure
 from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.problems import problem
 from intake.reception import Outcome, Reception
 from normalizer import webhook as normalize
+from intake.twoway import Delivered, OutboundMessage, Route
 from normalizer.errors import InvalidMessage
+
+log = logging.getLogger("intake.webhook")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # ASCII digits only (str.isdigit also takes "²" and Arabic-Indic digits, which int() then fails on or reads), and few of
@@ -56,6 +70,16 @@ def signature(secret: str, timestamp: str, body: bytes, idempotency_key: str | N
 
 def _digest(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret: str, body: bytes, idempotency_key: str, *, timestamp: str) -> dict[str, str]:
+    """The headers of a signed JSON request (v2), the ones partners send us and the ones our callbacks carry."""
+    return {
+        "Content-Type": "application/json",
+        "Intake-Timestamp": timestamp,
+        "Intake-Signature": signature(secret, timestamp, body, idempotency_key),
+        "Idempotency-Key": idempotency_key,
+    }
 
 
 class WebhookChannel:
@@ -157,3 +181,87 @@ class WebhookChannel:
             "acknowledgement": outcome.acknowledgement,
         }
         return web.json_response(body_out, status=202)
+
+
+class PartnerCallbackSender:
+    """``gateway.outbound_senders["webhook"]``: downstream's messages to a partner's complainant, POSTed to the partner.
+
+    The body is the command as downstream wrote it, with what intake composed of
+    it (the text in the complainant's language) and the reference; the partner
+    shows it to its customer. 2xx: delivered. 408, 429, 5xx, a timeout or no
+    connection: tried again later (after Retry-After if the partner says). Any
+    other answer will not change by retrying and is given up with its status.
+    A redirect is not followed: the signed body would go to an address the
+    configuration never named.
+    """
+
+    def __init__(self, config: WebhookConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self._config = config
+        self._clock = clock
+
+    def can_deliver(self, route: Route) -> bool:
+        partner = self._config.partners.get(str(route.address.get("partner", "")))
+        return partner is not None and partner.callback_url is not None
+
+    def body(self, message: OutboundMessage) -> bytes:
+        document = {
+            "command_id": message.command_id,
+            "reference": message.reference,
+            "kind": message.kind,
+            "status": message.status,
+            "locale": message.locale,
+            "direction": message.direction,
+            "subject": message.subject,
+            "text": message.text,
+            "short": message.short,
+            "attachment_urls": list(message.attachment_urls),
+            "customer_id": message.route.address.get("customer_id"),
+            "command": message.command,
+        }
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+    async def deliver(self, message: OutboundMessage) -> Delivered:
+        name = str(message.route.address.get("partner", ""))
+        partner = self._config.partners.get(name)
+        if partner is None or partner.callback_url is None or not partner.callback_secrets:
+            raise Rejected("the partner has no callback_url")
+        if not _IDEMPOTENCY_KEY.fullmatch(message.command_id):
+            raise Rejected("the command id cannot be an Idempotency-Key (1 to 255 visible ASCII characters)")
+        body = self.body(message)
+        # Signed at each attempt: a retry after hours must not fall outside the partner's replay window.
+        headers = signed_headers(
+            partner.callback_secrets[0].get_secret_value(), body, message.command_id, timestamp=str(int(self._clock()))
+        )
+        timeout = aiohttp.ClientTimeout(total=partner.callback_timeout_seconds)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.post(str(partner.callback_url), data=body, headers=headers, allow_redirects=False) as response:
+                    status, retry_after = response.status, response.headers.get("Retry-After")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+            raise TemporaryFailure(f"partner {name} callback unreachable ({type(error).__name__})") from None
+        log.info("partner callback answered", extra={"event": "partner_callback", "partner": name, "reference": message.reference, "status": status})
+        if 200 <= status < 300:
+            return Delivered(note=f"partner callback {status}")
+        if status in (408, 429) or status >= 500:
+            failure = TemporaryFailure(f"partner {name} callback answered {status}")
+            wait = _retry_after(retry_after, self._clock())
+            if wait is not None:
+                failure.retry_after = wait
+            raise failure
+        raise Rejected(f"partner {name} callback answered {status}")
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After (RFC 9110 §10.2.3): seconds, or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), 86_400))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - now), 86_400.0)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from channels.email import EmailConfig
@@ -157,14 +157,39 @@ class PartnerConfig(_Section):
         "cover the Idempotency-Key, so a request captured within the replay window can be replayed under a new key as a new "
         "complaint. Turn it off once the partner signs v2 (over <timestamp>.<Idempotency-Key>.<body>).",
     )
+    callback_url: HttpUrl | None = Field(
+        None,
+        description="Where downstream's messages, statuses and surveys for this partner's complaints are POSTed, signed "
+        "like the partner's own requests (v2). https, except on the loopback interface. None: nothing is sent back.",
+    )
+    callback_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="HMAC secrets of the callback, the partner's to verify with; not the ones it signs to us with. The first "
+        "signs; keep the old one second while the partner moves to the new one. Needed with callback_url.",
+    )
+    callback_timeout_seconds: float = Field(10.0, gt=0, le=120, description="Bound on one callback request; a timeout is retried.")
 
-    @field_validator("secrets")
+    @field_validator("secrets", "callback_secrets")
     @classmethod
     def _long_enough(cls, secrets: list[SecretStr]) -> list[SecretStr]:
         for secret in secrets:
             if len(secret.get_secret_value()) < 16:
                 raise ValueError("a webhook secret must be at least 16 characters")
         return secrets
+
+    @model_validator(mode="after")
+    def _callback_complete(self) -> PartnerConfig:
+        if self.callback_url is None:
+            return self
+        if not self.callback_secrets:
+            raise ValueError("callback_url needs callback_secrets: the partner must be able to tell our callbacks from forgeries")
+        if self.callback_url.scheme != "https" and self.callback_url.host not in ("127.0.0.1", "::1", "[::1]", "localhost"):
+            raise ValueError("callback_url must be https: the complainant's messages travel in it")
+        own = {secret.get_secret_value() for secret in self.secrets}
+        if any(secret.get_secret_value() in own for secret in self.callback_secrets):
+            # One secret both ways would let anyone who captured a callback sign complaints as the partner, and back.
+            raise ValueError("callback_secrets must differ from secrets")
+        return self
 
 
 class WebhookConfig(_Section):

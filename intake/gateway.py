@@ -25,7 +25,7 @@ from channels.telegram import TelegramChannel
 from channels.twilio import VIAS as TWILIO_VIAS
 from channels.twilio import TwilioChannel, TwilioSender
 from channels.web_form import WebFormChannel
-from channels.webhook import WebhookChannel
+from channels.webhook import PartnerCallbackSender, WebhookChannel
 from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake import topics
@@ -153,7 +153,7 @@ class Gateway:
             settings.attachments.directory, max_bytes=settings.attachments.max_bytes, max_count=settings.attachments.max_count
         )
         self.reply_senders: dict[str, ReplySender] = {}
-        # The two-way path's senders, by the via a message goes out on.
+        # What downstream's commands go out through, by the via a message goes out on (intake.twoway).
         self.outbound_senders: dict[str, OutboundSender] = {}
         ack = settings.acknowledgement
         self.replies = Replies(
@@ -197,6 +197,8 @@ class Gateway:
         self.services: list[Component] = []
         if settings.webhook.enabled:
             self._add_channel_routes("webhook", WebhookChannel(settings.webhook, self.reception, clock).routes())
+            if any(partner.callback_url for partner in settings.webhook.partners.values()):
+                self.outbound_senders["webhook"] = PartnerCallbackSender(settings.webhook, clock=clock)
         # Channels follow, each wired in one block.
         if settings.web_form.enabled:
             web_form = WebFormChannel(
@@ -216,6 +218,8 @@ class Gateway:
             self.services.extend(service for service in email.services if self._runs_here(service))
             if email.sender is not None:
                 self.reply_senders["email"] = email.sender
+            if email.outbound is not None:
+                self.outbound_senders["email"] = email.outbound
         if settings.twilio.enabled:
             twilio = TwilioChannel(
                 settings.twilio, self.reception, self.attachments, self.metrics, public_base_url=settings.http.public_base_url, clock=clock
@@ -232,11 +236,22 @@ class Gateway:
         # Long polling has one owner per bot; its complaints, and so its replies, are all in worker 0's spool.
         if settings.telegram.enabled and (settings.telegram.mode == "webhook" or worker == 0):
             telegram = TelegramChannel(
-                settings.telegram, self.reception, self.attachments, public_base_url=settings.http.public_base_url, clock=clock
+                settings.telegram,
+                self.reception,
+                self.attachments,
+                public_base_url=settings.http.public_base_url,
+                clock=clock,
+                # Survey presses are recorded in the spool once it keeps conversations (intake.twoway.Conversations);
+                # until then they are answered and ignored.
+                conversations=self.spool if hasattr(self.spool, "record_feedback") else None,  # type: ignore[arg-type]
+                metrics=self.metrics,
+                topic=settings.kafka.topic,
+                source=settings.source,
             )
             self._add_channel_routes("telegram", telegram.routes())
             self.services.append(telegram)
             self.reply_senders["telegram"] = telegram
+            self.outbound_senders["telegram"] = telegram
 
     def _runs_here(self, service: Component) -> bool:
         """A mailbox has one watcher per gateway, in worker 0; push listeners run in every worker, on a shared port."""

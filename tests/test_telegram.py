@@ -79,7 +79,7 @@ async def test_webhook_update_with_the_right_secret_is_on_the_topic_once(tmp_pat
             assert api.webhook == {
                 "url": "https://complaints.example.com/telegram/webhook",
                 "secret_token": SECRET,
-                "allowed_updates": ["message", "edited_message"],
+                "allowed_updates": ["message", "edited_message", "callback_query"],
             }
             assert await post_update(http, base, update) == 200
             assert await gateway.spool.has_message(f"telegram:{customer['id']}:41")  # 200 only after the spool write
@@ -208,7 +208,7 @@ async def test_polling_takes_in_enqueued_updates_and_stops_promptly(tmp_path: Pa
             records = await read_topic(kafka.bootstrap, topic, expect=6, timeout=30)
             await wait_for(lambda: _true(api.pending == 0))  # every update confirmed, none left behind
             assert await gateway.spool.cursor(f"telegram:{BOT_ID}") == str(last["update_id"] + 1)
-            assert api.allowed_updates == ["message", "edited_message"]
+            assert api.allowed_updates == ["message", "edited_message", "callback_query"]
             stopping = time.monotonic()
         stop_seconds = time.monotonic() - stopping  # with a 25-second long poll open
     received = of_type(records, "received")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from intake.gateway import Gateway
     from intake.supervisor import Component
     from intake.replies import ReplySender
+    from intake.twoway import OutboundSender
 
 __all__ = [
     "EmailChannel",
@@ -282,7 +283,14 @@ class EmailLimitsConfig(_Section):
         description="At most this many acknowledgements in all within the window, whichever the addresses: the ceiling on "
         "how much mail forged complaints can make the gateway send. Set it above the busiest window of real complaints.",
     )
-    acknowledgement_window_seconds: float = Field(600, gt=0, description="The window of the three limits above.")
+    acknowledgement_window_seconds: float = Field(600, gt=0, description="The window of the limits here.")
+    outbound_total: int = Field(
+        5000,
+        ge=1,
+        description="At most this many emails from downstream's commands (the team's messages, statuses, surveys) within the "
+        "window, counted apart from acknowledgements: a guard against a runaway producer. Beyond it they wait and are sent "
+        "later, never dropped. The per-recipient and per-domain limits do not apply to them: nobody outside can make them.",
+    )
 
 
 class EmailConfig(_Section):
@@ -314,6 +322,7 @@ class EmailChannel:
 
     services: list[Component] = field(default_factory=list)
     sender: ReplySender | None = None
+    outbound: OutboundSender | None = None  # what downstream's commands send by email (intake.twoway)
 
 
 def build(settings: Settings, gateway: Gateway) -> EmailChannel:
@@ -321,16 +330,18 @@ def build(settings: Settings, gateway: Gateway) -> EmailChannel:
     # Imported here: this module is imported by intake.config, which these import back.
     from channels.email.imap import MailboxWatcher
     from channels.email.inbound import Inbound
-    from channels.email.reply import AcknowledgementSender
+    from channels.email.reply import AcknowledgementSender, OutboundEmailSender, RelayConnection
     from channels.email.smtp import SmtpListener
 
     config = settings.email
     channel = EmailChannel()
     if not config.enabled:
         return channel
-    channel.sender = AcknowledgementSender(
-        config.relay, config.limits, gateway.metrics, organisation=settings.acknowledgement.organisation
-    )
+    # One connection for both: one access token, one TLS context.
+    connection = RelayConnection(config.relay)
+    organisation = settings.acknowledgement.organisation
+    channel.sender = AcknowledgementSender(config.relay, config.limits, gateway.metrics, organisation=organisation, connection=connection)
+    channel.outbound = OutboundEmailSender(config.relay, config.limits, organisation=organisation, connection=connection)
     inbound = Inbound(config, gateway.reception, gateway.attachments)
     if config.smtp.enabled:
         channel.services.append(SmtpListener(config.smtp, inbound, gateway.metrics))

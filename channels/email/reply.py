@@ -1,4 +1,4 @@
-"""Email acknowledgements: composed from the spooled reply payload and sent through the configured relay.
+"""Email out through the configured relay: acknowledgements, and the team's messages, statuses and surveys.
 
 The payload is written to the spool with the complaint (``acknowledgement_payload``)
 and handed to ``AcknowledgementSender.send_reply`` by ``intake.replies`` until it
@@ -20,6 +20,9 @@ the customer had been answered or that the acknowledgement was still on its
 way; the failed event lets a case worker see the complaint was never
 acknowledged, and why. Suppressions are counted by limit in
 ``intake_acknowledgements_suppressed``.
+
+What downstream tells a complainant later (``intake.twoway``) goes out through
+:class:`OutboundEmailSender`, over the same :class:`RelayConnection`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 import re
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -45,6 +49,7 @@ from channels.email.oauth import AccessTokens, TokenRefused, sasl_response
 from intake.acknowledgement import Acknowledgement
 from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
+from intake.twoway import Delivered, OutboundMessage, Route
 from normalizer import email as mail
 from normalizer.record import Complaint
 
@@ -56,6 +61,8 @@ log = logging.getLogger("intake.email.reply")
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,900}>")
 # RFC 5322 §3.6.4 lets References be trimmed; keep the thread's root and its latest messages.
 _MAX_REFERENCES = 20
+# The namespace of the ids our outbound Message-IDs are derived from (uuid5 of the command's id).
+_OUTBOUND_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:intake:outbound-email")
 
 
 def _message_ids(values: Iterable[str | None]) -> list[str]:
@@ -112,19 +119,45 @@ def acknowledgement_payload(
     without shared state; it is fixed here, so a resend after a relay outage
     carries the same one.
     """
-    theirs = _message_ids([in_reply_to])
-    chain = _message_ids(references) + [m for m in theirs if m not in _message_ids(references)]
-    if len(chain) > _MAX_REFERENCES:
-        chain = chain[:1] + chain[-(_MAX_REFERENCES - 1) :]
+    theirs, chain = _thread(in_reply_to, references)
     return {
         "to": to,
         "subject": acknowledgement.subject,
         "text": acknowledgement.text,
         "direction": acknowledgement.direction,
         "message_id": mail.our_message_id(complaint.key, complaint.id, domain),
-        "in_reply_to": theirs[0] if theirs else None,
+        "in_reply_to": theirs,
         "references": chain,
     }
+
+
+def _thread(in_reply_to: str | None, references: Iterable[str]) -> tuple[str | None, list[str]]:
+    """In-Reply-To and References of our answer to the mail ``in_reply_to`` names (RFC 5322 §3.6.4), bounded."""
+    theirs = _message_ids([in_reply_to])
+    chain = _message_ids(references) + [m for m in theirs if m not in _message_ids(references)]
+    if len(chain) > _MAX_REFERENCES:
+        chain = chain[:1] + chain[-(_MAX_REFERENCES - 1) :]
+    return (theirs[0] if theirs else None), chain
+
+
+def _threading_headers(message: EmailMessage, in_reply_to: str | None, references: Iterable[str]) -> None:
+    for name, ids in (("In-Reply-To", [in_reply_to]), ("References", list(references))):
+        if _message_ids(ids):
+            message[name] = _MessageIds(name, _message_ids(ids))
+
+
+def _html(body: str, locale: str, direction: str) -> str:
+    """An HTML alternative: plain text has no direction, and mail clients that show this part lay it out as ``direction``."""
+    lang = html.escape(locale, quote=True)
+    align = "right" if direction == "rtl" else "left"
+    return (
+        f'<!DOCTYPE html><html lang="{lang}" dir="{direction}"><head><meta charset="utf-8"></head>'
+        f'<body dir="{direction}" style="direction:{direction};text-align:{align}">{body}</body></html>'
+    )
+
+
+def _paragraphs(text: str) -> str:
+    return "".join(f"<p>{html.escape(part)}</p>" for part in text.split("\n\n"))
 
 
 def _recent(sent: dict[str, collections.deque[float]], since: float) -> collections.defaultdict[str, collections.deque[float]]:
@@ -142,6 +175,7 @@ class AcknowledgementSender:
         *,
         organisation: str = "",
         clock: Callable[[], float] = time.monotonic,
+        connection: RelayConnection | None = None,
     ) -> None:
         self._relay = relay
         self._limits = limits
@@ -154,18 +188,7 @@ class AcknowledgementSender:
         self._sent_to_domain: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._sent_in_all: collections.deque[float] = collections.deque()
         self._swept_at = clock()
-        self._tls = self._tls_context()
-        # Access tokens for XOAUTH2 / OAUTHBEARER, where the relay has basic authentication off (Microsoft 365, Gmail).
-        self._tokens = AccessTokens(relay.oauth, name="relay") if relay.auth != "password" and relay.oauth else None
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if self._relay.security == "none":
-            return None
-        context = ssl.create_default_context(cafile=str(self._relay.ca_file) if self._relay.ca_file else None)
-        if not self._relay.validate_certs:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        self.connection = connection or RelayConnection(relay)
 
     def _limit_reached(self, recipient: str) -> str | None:
         """Which limit another acknowledgement to ``recipient`` would break now ("recipient", "domain", "total"), None if none."""
@@ -225,22 +248,12 @@ class AcknowledgementSender:
         message["Subject"] = payload["subject"]
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = payload["message_id"]
-        for name, ids in (("In-Reply-To", [payload.get("in_reply_to")]), ("References", payload.get("references") or [])):
-            if _message_ids(ids):
-                message[name] = _MessageIds(name, _message_ids(ids))
+        _threading_headers(message, payload.get("in_reply_to"), payload.get("references") or [])
         message["Auto-Submitted"] = "auto-replied"
         message["X-Auto-Response-Suppress"] = "All"
         message.set_content(payload["text"], charset="utf-8")
         if payload.get("direction") == "rtl":
-            # Plain text has no direction; mail clients that show the HTML part lay it out right to left.
-            paragraphs = "".join(f"<p>{html.escape(part)}</p>" for part in payload["text"].split("\n\n"))
-            locale = html.escape(payload["locale"], quote=True)
-            message.add_alternative(
-                f'<!DOCTYPE html><html lang="{locale}" dir="rtl"><head><meta charset="utf-8"></head>'
-                f'<body dir="rtl" style="direction:rtl;text-align:right">{paragraphs}</body></html>',
-                subtype="html",
-                charset="utf-8",
-            )
+            message.add_alternative(_html(_paragraphs(payload["text"]), payload["locale"], "rtl"), subtype="html", charset="utf-8")
         # After the content: setting the content clears every Content-* header.
         message["Content-Language"] = payload["locale"]
         return message
@@ -270,7 +283,169 @@ class AcknowledgementSender:
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
         """One acknowledgement through the relay; TemporaryFailure or Rejected as ``send_reply`` says."""
-        message = self.compose(payload)
+        await self.connection.send(self.compose(payload), sender=self._relay.envelope_sender, recipient=payload["to"])
+
+
+class OutboundEmailSender:
+    """``gateway.outbound_senders["email"]``: what the team, a status change or a survey tells a complainant by email.
+
+    Threaded under the complainant's own mail when the complaint came by email
+    (In-Reply-To their Message-ID, References their chain plus it, bounded as
+    acknowledgements bound it); by the address they gave when it came on a
+    channel that cannot carry it (a web form, a partner), then unthreaded: the
+    subject's reference tag is what a reply is matched by. Our Message-ID
+    carries the reference like an acknowledgement's, so a reply to it is a
+    follow-up of the right complaint, and is derived from the command's id, so a
+    resend after an unknown outcome (the relay took it, the answer was lost) is
+    the same message to the customer's mail client and the relay's duplicate
+    checks.
+
+    None of the acknowledgements' per-recipient and per-domain limits apply:
+    those stop loops and backscatter started by mail from strangers, and nobody
+    outside can make downstream write a command; an answer a person asked for,
+    held back because the same provider's customers were answered a hundred
+    times that hour, would be a complaint lost on its way back. What remains is
+    one ceiling of its own, ``limits.outbound_total`` per window, against a
+    runaway producer downstream (the relay's and the domain's reputation): beyond
+    it a message waits (TemporaryFailure until the window has room), it is never
+    dropped. It counts apart from the acknowledgements, so a burst of surveys
+    does not hold back the answer to a new complaint.
+    """
+
+    def __init__(
+        self,
+        relay: RelayConfig,
+        limits: EmailLimitsConfig,
+        *,
+        organisation: str = "",
+        connection: RelayConnection | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._relay = relay
+        self._limits = limits
+        self._from_name = relay.from_name or organisation
+        self._clock = clock
+        self._sent: collections.deque[float] = collections.deque()
+        self.connection = connection or RelayConnection(relay)
+
+    def can_deliver(self, route: Route) -> bool:
+        return bool(_recipient(route, route.channel))
+
+    def message_id(self, message: OutboundMessage) -> str:
+        """Our Message-ID for ``message``: the reference (a reply finds its complaint) and a digest of the command's id."""
+        return mail.our_message_id(message.reference, uuid.uuid5(_OUTBOUND_IDS, message.command_id), self._relay.domain)
+
+    def compose(self, message: OutboundMessage) -> EmailMessage:
+        recipient = _recipient(message.route, message.via)
+        if not recipient:
+            raise Rejected("no email address for this complainant")
+        email = EmailMessage(policy=SMTP_POLICY)
+        try:
+            email["From"] = Address(display_name=self._from_name, addr_spec=self._relay.from_address)
+            email["To"] = Address(addr_spec=recipient)
+        except (ValueError, IndexError) as error:  # IndexError: the email package on some malformed addresses
+            raise Rejected(f"not an address we can write to: {type(error).__name__}") from None
+        email["Subject"] = message.subject
+        email["Date"] = formatdate(usegmt=True)
+        email["Message-ID"] = self.message_id(message)
+        address = message.route.address
+        if message.route.channel == "email" and message.via == "email":
+            in_reply_to, references = _thread(address.get("message_id"), address.get("references") or [])
+            _threading_headers(email, in_reply_to, references)
+        if message.kind == "message":
+            # RFC 3834 §5: a person on the team wrote it; we only carry it. Marked auto-generated, the customer's
+            # own auto-responder would stay silent (fine) but so would filters that file automatic mail away
+            # from the inbox, where a decision on their complaint must not end up.
+            email["Auto-Submitted"] = "no"
+        else:
+            # A status notice or a survey is made by a program from a command, answering no mail of theirs:
+            # "auto-generated", not "auto-replied". Out-of-office answers to it would only come back as noise.
+            email["Auto-Submitted"] = "auto-generated"
+            email["X-Auto-Response-Suppress"] = "All"
+        text = message.text
+        if message.attachment_urls:
+            # Listed, not fetched: the files stay where downstream keeps them, and the mail stays small.
+            text += "\n\n" + "\n".join(message.attachment_urls)
+        email.set_content(text, charset="utf-8")
+        links = message.survey.links if message.kind == "survey" and message.survey else {}
+        if links:
+            email.add_alternative(_html(_survey_html(message.text, links), message.locale, message.direction), subtype="html", charset="utf-8")
+        elif message.direction == "rtl":
+            email.add_alternative(_html(_paragraphs(text), message.locale, "rtl"), subtype="html", charset="utf-8")
+        email["Content-Language"] = message.locale  # after the content, which clears every Content-* header
+        return email
+
+    async def deliver(self, message: OutboundMessage) -> Delivered:
+        composed = self.compose(message)
+        recipient = composed["To"].addresses[0].addr_spec
+        if mail.is_role_address(recipient):
+            # A no-reply or mailer-daemon address reads nothing, and one of them answering is how loops start.
+            raise Rejected("a role or robot address (no-reply, list manager, mailer daemon)")
+        self._make_room()
+        sent_at = self._clock()
+        self._sent.append(sent_at)
+        # A person's message goes out with our address as the envelope sender, so a bounce comes back to the
+        # mailbox and is recorded (flagged, never acknowledged) with the complaint; automatic ones keep the
+        # null sender RFC 3834 recommends (or the configured one).
+        sender = self._relay.envelope_sender if message.kind != "message" else self._relay.envelope_sender or self._relay.from_address
+        try:
+            await self.connection.send(composed, sender=sender, recipient=recipient)
+        except BaseException:
+            self._sent.remove(sent_at)
+            raise
+        return Delivered(provider_id=composed["Message-ID"])
+
+    def _make_room(self) -> None:
+        window = self._limits.acknowledgement_window_seconds
+        now = self._clock()
+        while self._sent and self._sent[0] <= now - window:
+            self._sent.popleft()
+        if len(self._sent) >= self._limits.outbound_total:
+            failure = TemporaryFailure(f"{self._limits.outbound_total} outbound emails within {window:g} s: waiting for room")
+            failure.retry_after = max(1.0, self._sent[0] + window - now)
+            raise failure
+
+
+def _recipient(route: Route, via: str) -> str:
+    """The address a message on ``via`` goes to: the one the complaint came from, else the one the complainant gave."""
+    if via == route.channel == "email":
+        return str(route.address.get("to") or "")
+    return str(route.contacts.get("email") or "")
+
+
+def _survey_html(text: str, links: dict[int, str]) -> str:
+    """The question, then one link per score as a button: real links (they work without images or scripts), each
+    labelled with its score for screen readers, in a list so that they are read as one group of choices."""
+    question = text.split("\n\n", 1)[0]
+    buttons = "".join(
+        f'<li style="display:inline-block;margin:0 4px 8px 0"><a href="{html.escape(url, quote=True)}" '
+        f'style="display:inline-block;min-width:44px;padding:12px 0;text-align:center;border:2px solid #1a4d8f;'
+        f'border-radius:6px;color:#1a4d8f;font-size:18px;font-weight:bold;text-decoration:none">{score}</a></li>'
+        for score, url in sorted(links.items())
+    )
+    return f'<p>{html.escape(question)}</p><ul role="list" style="list-style:none;padding:0">{buttons}</ul>'
+
+
+class RelayConnection:
+    """The way to the relay, shared by every email the gateway sends: TLS, and AUTH with a password or an access token."""
+
+    def __init__(self, relay: RelayConfig) -> None:
+        self._relay = relay
+        self._tls = self._tls_context()
+        # Access tokens for XOAUTH2 / OAUTHBEARER, where the relay has basic authentication off (Microsoft 365, Gmail).
+        self._tokens = AccessTokens(relay.oauth, name="relay") if relay.auth != "password" and relay.oauth else None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self._relay.security == "none":
+            return None
+        context = ssl.create_default_context(cafile=str(self._relay.ca_file) if self._relay.ca_file else None)
+        if not self._relay.validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+        """One message to one recipient, in a session of its own; TemporaryFailure to try again later, Rejected never."""
         relay = self._relay
         password = relay.password.get_secret_value() if relay.password and self._tokens is None else None
         try:
@@ -290,7 +465,7 @@ class AcknowledgementSender:
             async with client:  # connects, STARTTLS, AUTH with a password
                 if token is not None:
                     await self._sign_in(client, token)
-                await client.send_message(message, sender=relay.envelope_sender, recipients=[payload["to"]])
+                await client.send_message(message, sender=sender, recipients=[recipient])
         except TokenRefused as error:
             # Our configuration (or the provider's), not the customer's address: retried while an operator fixes it.
             raise TemporaryFailure(f"no access token for the relay: {error}") from None
@@ -304,7 +479,7 @@ class AcknowledgementSender:
                 raise Rejected(f"the relay refused the message ({error.code})") from None
             raise TemporaryFailure(f"the relay deferred the message ({error.code})") from None
         except aiosmtplib.SMTPNotSupported as error:
-            if not payload["to"].isascii():
+            if not recipient.isascii():
                 # An internationalised address the relay cannot carry (no SMTPUTF8): retrying will not change that.
                 raise Rejected("the relay cannot deliver to this address (no SMTPUTF8)") from None
             # STARTTLS or AUTH configured but not offered: our configuration, retried while it is fixed.

@@ -10,7 +10,15 @@ matter to a gateway that must lose nothing:
   once getUpdates is called with an offset above its update_id (confirmed);
   a newer getUpdates call ends an older one with 409, as Telegram does;
 * getUpdates answers 409 while a webhook is set;
-* a wrong token in the path answers 401 Unauthorized.
+* a wrong token in the path answers 401 Unauthorized;
+* sendMessage takes ``reply_parameters`` (a reply to a message that is not
+  there fails with 400 unless ``allow_sending_without_reply``) and an inline
+  keyboard, refusing callback_data over 64 bytes (``BUTTON_DATA_INVALID``);
+  a chat the bot never met is "chat not found", a blocked bot 403;
+* a button press is a ``callback_query`` update (``press``), answered once by
+  answerCallbackQuery (again: "query is too old"); editMessageReplyMarkup
+  changes the keyboard, and refuses to set the one already there
+  ("message is not modified").
 
 Tests enqueue updates, read what the bot sent, and make methods fail for a while.
 """
@@ -81,6 +89,33 @@ class Sent:
     text: str
     reply_to_message_id: int | None
     message: dict[str, Any]  # the Message returned to the bot
+    reply_parameters: dict[str, Any] | None = None
+    reply_markup: dict[str, Any] | None = None
+
+    def buttons(self) -> list[list[tuple[str, str]]]:
+        """The inline keyboard sent with it, as rows of (text, callback_data)."""
+        return keyboard(self.reply_markup)
+
+
+def keyboard(markup: dict[str, Any] | None) -> list[list[tuple[str, str]]]:
+    return [[(button["text"], button.get("callback_data", "")) for button in row] for row in (markup or {}).get("inline_keyboard", [])]
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An answerCallbackQuery call the stand-in accepted."""
+
+    callback_query_id: str
+    text: str | None
+
+
+@dataclass(frozen=True)
+class Edited:
+    """An editMessageReplyMarkup call the stand-in accepted; ``reply_markup`` None took the keyboard away."""
+
+    chat_id: int
+    message_id: int
+    reply_markup: dict[str, Any] | None
 
 
 @dataclass
@@ -112,6 +147,8 @@ class TelegramApi:
     answer_delay: float = 0.0  # seconds before getUpdates answers with updates
     deliveries: Counter[int] = field(default_factory=Counter)  # update_id -> times handed out
     unauthorized: int = 0  # calls with a wrong token
+    answered: list[Answered] = field(default_factory=list)
+    edited: list[Edited] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._pending: list[dict[str, Any]] = []
@@ -123,6 +160,9 @@ class TelegramApi:
         self._files: dict[str, _StoredFile] = {}
         self._messages: dict[tuple[int, Any], dict[str, Any]] = {}  # (chat id, message id)
         self.blocked: set[int] = set()
+        self.unknown_chats: set[int] = set()  # chats the bot never met: sendMessage answers 400 "chat not found"
+        self._callback_ids = itertools.count(4_100_000_001)
+        self._open_queries: set[str] = set()  # callback queries not yet answered
         self.confirmed_below = 0  # every update_id below this was confirmed by an offset
         self._runner: web.AppRunner | None = None
 
@@ -164,6 +204,23 @@ class TelegramApi:
             self._pending.append(body)
             self._changed.notify_all()
         return body
+
+    def callback_query(self, sent: Sent, data: str, *, sender: dict[str, Any] | None = None, chat_id: int | None = None) -> dict[str, Any]:
+        """A CallbackQuery for a press on ``sent``'s keyboard, as Telegram makes one (``data`` is whatever a client sends).
+
+        ``chat_id`` puts the message in another chat: a keyboard forwarded, or data forged by a modified client.
+        """
+        message = dict(self._messages.get((sent.chat_id, sent.message["message_id"]), sent.message))
+        if chat_id is not None:
+            message["chat"] = {"id": chat_id, "type": "private"}
+        query_id = str(next(self._callback_ids))
+        self._open_queries.add(query_id)
+        presser = sender or user(message["chat"]["id"])
+        return {"id": query_id, "from": presser, "message": message, "chat_instance": f"-{abs(message['chat']['id'])}77", "data": data}
+
+    async def press(self, sent: Sent, data: str, **options: Any) -> dict[str, Any]:
+        """Queue the update of a button press on ``sent`` (see ``callback_query``)."""
+        return await self.enqueue(callback_query=self.callback_query(sent, data, **options))
 
     def next_update_id(self) -> int:
         """An update_id for an update a test POSTs to a webhook itself."""
@@ -211,6 +268,8 @@ class TelegramApi:
             "deleteWebhook": self._delete_webhook,
             "getWebhookInfo": self._get_webhook_info,
             "sendMessage": self._send_message,
+            "answerCallbackQuery": self._answer_callback_query,
+            "editMessageReplyMarkup": self._edit_message_reply_markup,
             "getFile": self._get_file,
         }.get(method)
         if handler is None:
@@ -287,13 +346,23 @@ class TelegramApi:
         if len(text) > 4096:
             return _error(400, "Bad Request: message is too long")
         chat_id = _int(params["chat_id"], 0)
+        if chat_id in self.unknown_chats:
+            return _error(400, "Bad Request: chat not found")
         if chat_id in self.blocked:
             return _error(403, "Forbidden: bot was blocked by the user")
         reply_to: int | None = None
+        reply_parameters: dict[str, Any] | None = None
         if "reply_parameters" in params:
-            reply_to = _json(params["reply_parameters"]).get("message_id")
+            reply_parameters = _json(params["reply_parameters"])
+            reply_to = reply_parameters.get("message_id")
+            if (chat_id, reply_to) not in self._messages and not reply_parameters.get("allow_sending_without_reply"):
+                return _error(400, "Bad Request: message to be replied not found")
         elif "reply_to_message_id" in params:
             reply_to = _int(params["reply_to_message_id"], 0)
+        markup = _json(params["reply_markup"]) if "reply_markup" in params else None
+        refusal = _markup_refusal(markup)
+        if refusal:
+            return _error(400, refusal)
         sent: dict[str, Any] = {
             "message_id": next(self._message_ids),
             "from": bot_user(),
@@ -301,12 +370,47 @@ class TelegramApi:
             "date": int(time.time()),
             "text": text,
         }
+        if markup:
+            sent["reply_markup"] = markup
         replied = self._messages.get((chat_id, reply_to)) if reply_to is not None else None
         if replied is not None:
             sent["reply_to_message"] = replied
         self._messages[(chat_id, sent["message_id"])] = sent
-        self.sent.append(Sent(chat_id=chat_id, text=text, reply_to_message_id=reply_to, message=sent))
+        self.sent.append(Sent(chat_id=chat_id, text=text, reply_to_message_id=reply_to, message=sent, reply_parameters=reply_parameters, reply_markup=markup))
         return _ok(sent)
+
+    async def _answer_callback_query(self, params: dict[str, Any]) -> web.Response:
+        query_id = str(params.get("callback_query_id", ""))
+        if query_id not in self._open_queries:
+            return _error(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        text = params.get("text")
+        if text is not None and len(text) > 200:
+            return _error(400, "Bad Request: MESSAGE_TOO_LONG")
+        self._open_queries.discard(query_id)
+        self.answered.append(Answered(query_id, text))
+        return _ok(True)
+
+    async def _edit_message_reply_markup(self, params: dict[str, Any]) -> web.Response:
+        chat_id, message_id = _int(params.get("chat_id"), 0), _int(params.get("message_id"), 0)
+        stored = self._messages.get((chat_id, message_id))
+        if stored is None:
+            return _error(400, "Bad Request: message to edit not found")
+        markup = _json(params["reply_markup"]) if "reply_markup" in params else None
+        refusal = _markup_refusal(markup)
+        if refusal:
+            return _error(400, refusal)
+        if (markup or None) == stored.get("reply_markup"):
+            return _error(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply markup are exactly the same "
+                "as a current content and reply markup of the message",
+            )
+        if markup:
+            stored["reply_markup"] = markup
+        else:
+            stored.pop("reply_markup", None)
+        self.edited.append(Edited(chat_id, message_id, markup or None))
+        return _ok({**stored, "edit_date": int(time.time())})
 
     async def _get_file(self, params: dict[str, Any]) -> web.Response:
         stored = self._files.get(str(params.get("file_id", "")))
@@ -332,6 +436,16 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
         else:
             params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
     return params
+
+
+def _markup_refusal(markup: Any) -> str | None:
+    """What Telegram says of an inline keyboard it will not take, None if it takes it."""
+    for row in (markup or {}).get("inline_keyboard", []) if isinstance(markup, dict) else []:
+        for button in row:
+            data = button.get("callback_data")
+            if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                return "Bad Request: BUTTON_DATA_INVALID"
+    return None
 
 
 def _json(value: Any) -> Any:
