@@ -36,7 +36,7 @@ def settings(tmp: Path, bootstrap: str, topic: str, **overrides: Any) -> Setting
         "log_format": "text",
         "shutdown_grace_seconds": 5,
         "http": {"host": "127.0.0.1", "port": free_port()},
-        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "dead_letter_topic": f"{topic}.dead-letter", "stall_seconds": 1.0},
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "dead_letter_topic": f"{topic}.dead-letter", "outbound_topic": f"{topic}.outbound", "stall_seconds": 1.0},
         "spool": {"path": str(tmp / "spool.sqlite3")},
         "webhook": {"partners": {PARTNER: {"secrets": [SECRET]}}},
     }
