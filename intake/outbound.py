@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from intake import commands, events
+from intake import commands, events, topics
 from intake.config import KafkaConfig
 from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
@@ -90,6 +90,14 @@ class OutboundConsumer:
     async def run(self) -> None:
         delay = self._first_retry
         while not self._stopping.is_set():
+            # Subscribing to a topic that is not there makes a broker with auto-creation on create it with its own
+            # defaults (one partition, no replication): it is created, or found missing, as configured first.
+            missing = await self._topic_missing()
+            if missing is not None:
+                self.error = missing
+                await pause(self._stopping, delay)
+                delay = min(delay * 2, self._max_retry)
+                continue
             consumer = self._factory(self._kafka)
             try:
                 await asyncio.wait_for(consumer.start(), timeout=self._connect_timeout)
@@ -107,6 +115,17 @@ class OutboundConsumer:
             if not self._stopping.is_set():
                 await pause(self._stopping, delay)
                 delay = min(delay * 2, self._max_retry)
+
+    async def _topic_missing(self) -> str | None:
+        """Why the outbound topic cannot be consumed yet, or None when it is there."""
+        try:
+            reports = await topics.ensure(self._kafka, create=self._kafka.create_topics)
+        except topics.TopicsUnavailable as error:
+            return f"kafka unavailable: {str(error)[:200]}"
+        for report in reports:
+            if report.name == self._kafka.outbound_topic and report.state == "missing":
+                return f"topic missing: {report.name} ({report.detail})"
+        return None
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():

@@ -30,7 +30,7 @@ def test_intake_topics_creates_with_the_configured_settings_then_checks(tmp_path
     config = tmp_path / "intake.toml"
     config.write_text(
         f'[kafka]\nbootstrap_servers = "{kafka.bootstrap}"\ntopic = "{topic}"\ndead_letter_topic = "{topic}.dead-letter"\n'
-        f'outbound_topic = "{topic}.outbound"\npartitions = 4\nmin_insync_replicas = 1\n"
+        f'outbound_topic = "{topic}.outbound"\npartitions = 4\nmin_insync_replicas = 1\n'
     )
     checked = intake_topics(config, "--check")
     created = intake_topics(config)
