@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from intake import commands, events
 from intake.acknowledgement import Acknowledgement
 from intake.errors import TemporaryFailure
+from intake.gateway import Gateway
 from intake.twoway import Delivered, Feedback, Interception, OutboundMessage, Route
 from normalizer.record import Complaint
 from normalizer.reference import parse_reference
@@ -195,13 +196,16 @@ async def test_a_failing_sender_is_retried_then_reported_as_reply_failed(tmp_pat
 
 async def test_a_command_stored_but_not_sent_when_the_gateway_stops_is_sent_once_after_restart(tmp_path: Path, kafka, topic):
     config = outbound_settings(tmp_path, kafka, topic)
-    async with running(config) as (gateway, base), aiohttp.ClientSession() as http:
+
+    def dies_before_sending(gateway: Gateway) -> None:
         assert gateway.delivery is not None
 
         async def never_delivers() -> None:  # the gateway dies between storing and sending
             await gateway.supervisor.stopping.wait()
 
         gateway.delivery.run = never_delivers  # type: ignore[method-assign]
+
+    async with running(config, prepare=dies_before_sending) as (gateway, base), aiohttp.ClientSession() as http:
         reference = (await post_complaint(http, base, complaint_body(), "restart-1"))[1]["reference"]
         await produce(kafka.bootstrap, config.kafka.outbound_topic, [command("message", reference, text="After the restart.", ce_id="cmd-restart")])
 
@@ -210,8 +214,8 @@ async def test_a_command_stored_but_not_sent_when_the_gateway_stops_is_sent_once
 
         await wait_for(stored, timeout=30)
     sender = RecordingSender()
-    async with running(config) as (gateway, _base):
-        gateway.outbound_senders["webhook"] = sender
+    # A fresh gateway on the same spool, its sender registered before it starts, as channels do.
+    async with running(config, prepare=lambda again: again.outbound_senders.update(webhook=sender)):
         await wait_for(lambda: _true(len(sender.delivered) == 1), timeout=30)
         await asyncio.sleep(2)  # the consumer group rejoined: a redelivery of the committed batch would show now
         assert [m.command_id for m in sender.delivered] == ["cmd-restart"]
