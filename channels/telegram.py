@@ -467,6 +467,7 @@ class TelegramChannel:
             ack="reply" if reply_to is not None else "none",
             reply_payload=reply_payload,
             context={"mode": self._config.mode},
+            route={"chat_id": reply_to[0], "message_id": reply_to[1]} if reply_to is not None else None,
             cursor=cursor,
             # Telegram cannot be told "this update is bad": refusing it would only bring it back, so keep it for replay.
             dead_letter_invalid=True,

@@ -374,6 +374,7 @@ class TwilioChannel:
                 # What the channel added to the raw body, so that the record can be re-derived from the spool.
                 context={"attachments": {url: item.model_dump(mode="json") for url, item in stored.items()}} if stored else None,
                 dead_letter_invalid=True,
+                route=_route(params),
             )
         except TemporaryFailure as error:
             return problem(503, "Try again later", str(error), retry_after=error.retry_after)
@@ -743,3 +744,9 @@ def _twiml(text: str | None = None, *, status_callback: bool = False) -> web.Res
         options = {"action": "status", "method": "POST"} if status_callback else {}
         response.message(text, **options)
     return web.Response(text=response.to_xml(), content_type=TWIML_MEDIA_TYPE)
+
+
+def _route(params: normalize.Params) -> dict[str, str]:
+    """The customer's number and the one they wrote to, for messages sent later; WhatsApp's without its prefix."""
+    numbers = {name: params.get(field, "").strip() for name, field in (("to", "From"), ("from", "To"))}
+    return {name: number.removeprefix(normalize.WHATSAPP_PREFIX) for name, number in numbers.items() if number}

@@ -527,6 +527,7 @@ class WebFormChannel:
                 ack="inline",
                 reply_via=via,
                 reply_payload=payload,
+                route={},  # a page cannot be written to: its complainant's contacts are used
             )
         except InvalidMessage as error:
             return self._form(locale, token=token, values=fields, errors=error.errors, files_dropped=bool(submitted.files), status=422)

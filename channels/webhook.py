@@ -163,6 +163,7 @@ class WebhookChannel:
                 received_at=received_at,
                 ack="inline",
                 context={"partner": partner},
+                route={"partner": partner},
             )
         except InvalidMessage as error:
             status = 400 if error.errors and error.errors[0].field == "(body)" else 422

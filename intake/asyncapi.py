@@ -11,7 +11,7 @@ import json
 from importlib.resources import files
 from typing import Any
 
-from intake import events
+from intake import commands, events
 from intake.config import Settings
 from normalizer.reference import REFERENCE_PATTERN
 
@@ -46,13 +46,36 @@ def _headers(types: list[str], dataschema: str) -> dict[str, Any]:
     }
 
 
-def _message(name: str, title: str, summary: str, ce_types: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+def _command_headers() -> dict[str, Any]:
+    """What a command must carry: fewer attributes than intake's own events, which say more than a command needs."""
+    return {
+        "type": "object",
+        "required": ["ce_specversion", "ce_id", "ce_type"],
+        "properties": {
+            "ce_specversion": {"type": "string", "const": events.SPECVERSION},
+            "ce_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": commands.MAX_CE_ID,
+                "description": "Unique per command and the same on every resend: a command seen again is not delivered again.",
+            },
+            "ce_type": {"type": "string", "enum": list(commands.MODELS)},
+            "ce_source": {"type": "string", "description": "Who sent it, e.g. urn:case-management."},
+            "ce_time": {"type": "string", "format": "date-time"},
+            "content-type": {"type": "string", "const": "application/json"},
+        },
+    }
+
+
+def _message(
+    name: str, title: str, summary: str, ce_types: list[str], schema: dict[str, Any], *, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
         "title": title,
         "summary": summary,
         "contentType": "application/json",
-        "headers": _headers(ce_types, schema["$id"]),
+        "headers": headers or _headers(ce_types, schema["$id"]),
         "payload": {"schemaFormat": _SCHEMA_FORMAT, "schema": schema},
         "bindings": {
             "kafka": {
@@ -71,6 +94,10 @@ def _message(name: str, title: str, summary: str, ce_types: list[str], schema: d
 def document(settings: Settings) -> dict[str, Any]:
     kafka = settings.kafka
     complaint, acknowledgement, dead_letter = (_shipped(n) for n in ("complaint.v1.json", "acknowledgement.v1.json", "dead-letter.v1.json"))
+    command, outcome, rejected = (_shipped(n) for n in ("command.v1.json", "reply-outcome.v1.json", "command-rejected.v1.json"))
+    rejected_headers = _headers([events.COMMAND_REJECTED], rejected["$id"])
+    # A rejected command's key may be no reference at all: then it has no subject.
+    rejected_headers["required"] = [name for name in rejected_headers["required"] if name != "ce_subject"]
     topic_binding = {"partitions": kafka.partitions, "bindingVersion": _KAFKA_BINDING}
     if kafka.replication_factor > 0:
         topic_binding["replicas"] = kafka.replication_factor
@@ -110,6 +137,13 @@ def document(settings: Settings) -> dict[str, Any]:
                         [events.COMPLAINT_ACKNOWLEDGED, events.ACKNOWLEDGEMENT_FAILED],
                         acknowledgement,
                     ),
+                    "replyOutcome": _message(
+                        "replyOutcome",
+                        "A command delivered to the complainant, or failed for good",
+                        "What the complainant actually received of a command from the outbound topic, on which channel.",
+                        [events.REPLY_DELIVERED, events.REPLY_FAILED],
+                        outcome,
+                    ),
                 },
                 "bindings": {"kafka": {"topic": kafka.topic, **topic_binding}},
             },
@@ -119,21 +153,54 @@ def document(settings: Settings) -> dict[str, Any]:
                 "messages": {
                     "deadLetter": _message(
                         "deadLetter", "A message that could not be read", "Why, and where its raw bytes are kept.", [events.MESSAGE_DEAD_LETTERED], dead_letter
-                    )
+                    ),
+                    "commandRejected": _message(
+                        "commandRejected",
+                        "An outbound command refused",
+                        "Invalid, or for a reference this gateway never received: why, never what it said.",
+                        [events.COMMAND_REJECTED],
+                        rejected,
+                        headers=rejected_headers,
+                    ),
                 },
                 "bindings": {"kafka": {"topic": kafka.dead_letter_topic, **topic_binding}},
             },
+            "outboundCommands": {
+                "address": kafka.outbound_topic,
+                "description": f"Commands from downstream to complainants, keyed by reference, consumed by the group {kafka.outbound_group}: "
+                "each is stored before its offset is committed, delivered once (by ce_id) and in order per reference.",
+                "messages": {
+                    "command": _message(
+                        "command",
+                        "A message, a status change or a survey for the complainant",
+                        "By ce_type: intake.command.message.v1, intake.command.status.v1, intake.command.survey.v1.",
+                        list(commands.MODELS),
+                        command,
+                        headers=_command_headers(),
+                    )
+                },
+                "bindings": {"kafka": {"topic": kafka.outbound_topic, **topic_binding}},
+            },
         },
         "operations": {
+            "receiveCommands": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/outboundCommands"},
+                "messages": [{"$ref": "#/channels/outboundCommands/messages/command"}],
+            },
             "publishComplaints": {
                 "action": "send",
                 "channel": {"$ref": "#/channels/complaints"},
-                "messages": [{"$ref": "#/channels/complaints/messages/complaint"}, {"$ref": "#/channels/complaints/messages/acknowledgement"}],
+                "messages": [
+                    {"$ref": "#/channels/complaints/messages/complaint"},
+                    {"$ref": "#/channels/complaints/messages/acknowledgement"},
+                    {"$ref": "#/channels/complaints/messages/replyOutcome"},
+                ],
             },
             "publishDeadLetters": {
                 "action": "send",
                 "channel": {"$ref": "#/channels/deadLetters"},
-                "messages": [{"$ref": "#/channels/deadLetters/messages/deadLetter"}],
+                "messages": [{"$ref": "#/channels/deadLetters/messages/deadLetter"}, {"$ref": "#/channels/deadLetters/messages/commandRejected"}],
             },
         },
     }

@@ -56,7 +56,8 @@ def _event_loop_runner():  # type: ignore[no-untyped-def]
 def _schema(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
-    sys.stdout.write(files("normalizer").joinpath("schema/complaint.v1.json").read_text(encoding="utf-8"))
+    name = {"record": "complaint.v1.json", "command": "command.v1.json", "reply-outcome": "reply-outcome.v1.json"}[args.which]
+    sys.stdout.write(files("normalizer").joinpath(f"schema/{name}").read_text(encoding="utf-8"))
     return 0
 
 
@@ -84,6 +85,7 @@ def _check_config(args: argparse.Namespace) -> int:
         "kafka": settings.kafka.bootstrap_servers,
         "topic": settings.kafka.topic,
         "dead_letter_topic": settings.kafka.dead_letter_topic,
+        "outbound_topic": settings.kafka.outbound_topic if settings.outbound.enabled else "disabled",
         "spool": str(settings.spool.path),
         "webhook_partners": sorted(settings.webhook.partners) if settings.webhook.enabled else "disabled",
         "channels": {
@@ -204,7 +206,12 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the parent for each worker
     serve.set_defaults(run=_serve)
-    commands.add_parser("schema", help="print the complaint record's JSON Schema").set_defaults(run=_schema)
+    schema = commands.add_parser("schema", help="print a JSON Schema: the complaint record's (default), or the outbound commands'")
+    schema.add_argument(
+        "which", nargs="?", default="record", choices=("record", "command", "reply-outcome"),
+        help="record: the complaint record; command: commands on the outbound topic; reply-outcome: reply.delivered / reply.failed",
+    )  # fmt: skip
+    schema.set_defaults(run=_schema)
     commands.add_parser(
         "asyncapi", help="print the AsyncAPI 3.0 document of the topics (headers, keys, payload schemas) for consumers"
     ).set_defaults(run=_asyncapi)

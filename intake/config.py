@@ -28,6 +28,7 @@ from channels.email import EmailConfig
 from channels.telegram import TelegramConfig
 from channels.twilio import TwilioConfig
 from channels.web_form import WebFormConfig
+from intake.twoway import Status
 
 
 class _Section(BaseModel):
@@ -47,7 +48,16 @@ class HttpConfig(_Section):
 class KafkaConfig(_Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
     topic: str = Field("complaints", description="Topic for complaints, follow-ups and acknowledgement events.")
-    dead_letter_topic: str = Field("complaints.dead-letter", description="Topic for messages the normalizer rejected.")
+    dead_letter_topic: str = Field(
+        "complaints.dead-letter", description="Topic for messages the normalizer rejected, and for outbound commands intake refused."
+    )
+    outbound_topic: str = Field(
+        "complaints.outbound",
+        description="Topic intake consumes commands from (messages, status changes, surveys for complainants), keyed by reference.",
+    )
+    outbound_group: str = Field(
+        "intake-outbound", description="Consumer group of the outbound topic; every gateway of one deployment uses the same."
+    )
     client_id: str = Field("intake", description="Kafka client id (shows in broker logs and quotas).")
     linger_ms: int = Field(5, ge=0, description="How long the producer waits to fill a batch.")
     max_request_size: int = Field(1024 * 1024, ge=1024, description="Largest produce request; attachments never travel inline.")
@@ -143,6 +153,35 @@ class AcknowledgementConfig(_Section):
     retry_max_seconds: float = Field(900.0, gt=0, description="Longest wait between two tries of one acknowledgement.")
 
 
+class OutboundConfig(_Section):
+    """Delivering downstream's commands to complainants (intake.delivery)."""
+
+    enabled: bool = Field(True, description="Consume the outbound topic and deliver its commands (in worker 0).")
+    max_attempts: int = Field(12, ge=1, le=100, description="Tries to deliver one command before it is reported as reply.failed.")
+    retry_first_seconds: float = Field(2.0, gt=0, description="Wait after the first failed try; doubled after each further one.")
+    retry_max_seconds: float = Field(900.0, gt=0, description="Longest wait between two tries of one command.")
+    concurrency: int = Field(8, ge=1, le=256, description="Commands delivered side by side (never two for one complaint).")
+    whatsapp_template_sid: str | None = Field(
+        None,
+        pattern=r"^HX[0-9a-fA-F]{32}$",
+        description="Content SID of an approved WhatsApp template, sent instead of free text outside WhatsApp's 24-hour "
+        "customer-service window. Unset: such messages go to another contact the complainant gave, or fail.",
+    )
+    whatsapp_template_variables: dict[str, str] = Field(
+        default_factory=lambda: {"1": "{reference}"},
+        description='The template\'s variables: {"1": "{reference}"}; {reference}, {status} and {text} are filled in.',
+    )
+    survey_on: list[Status] = Field(
+        default_factory=list, description='Statuses whose delivery is followed by a satisfaction survey, e.g. ["resolved", "closed"].'
+    )
+    route_retention_days: float = Field(
+        400, gt=0, description="How long a complaint's route (how to reach its complainant), status and surveys are kept after its last message."
+    )
+    command_retention_days: float = Field(
+        30, gt=0, description="How long a delivered command's ce_id is kept: a redelivery within it is recognised and not sent again."
+    )
+
+
 class AttachmentsConfig(_Section):
     directory: Path = Field(Path(".local/intake/attachments"), description="Where attachment bytes are stored (a shared volume on several replicas).")
     max_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest attachment kept.")
@@ -231,6 +270,7 @@ class Settings(BaseSettings):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     acknowledgement: AcknowledgementConfig = Field(default_factory=AcknowledgementConfig)
     attachments: AttachmentsConfig = Field(default_factory=AttachmentsConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     # Channel sections follow, one line each.
     web_form: WebFormConfig = Field(default_factory=WebFormConfig)

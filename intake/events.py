@@ -24,10 +24,15 @@ COMPLAINT_ACKNOWLEDGED = "intake.complaint.acknowledged.v1"
 ACKNOWLEDGEMENT_FAILED = "intake.complaint.acknowledgement_failed.v1"
 MESSAGE_DEAD_LETTERED = "intake.message.dead_lettered.v1"
 FEEDBACK_RECEIVED = "intake.feedback.received.v1"
+REPLY_DELIVERED = "intake.reply.delivered.v1"
+REPLY_FAILED = "intake.reply.failed.v1"
+COMMAND_REJECTED = "intake.command.rejected.v1"
 
 ACKNOWLEDGEMENT_SCHEMA_ID = "urn:intake:schema:acknowledgement:v1"
 DEAD_LETTER_SCHEMA_ID = "urn:intake:schema:dead-letter:v1"
 FEEDBACK_SCHEMA_ID = "urn:intake:schema:feedback:v1"
+REPLY_OUTCOME_SCHEMA_ID = "urn:intake:schema:reply-outcome:v1"
+COMMAND_REJECTED_SCHEMA_ID = "urn:intake:schema:command-rejected:v1"
 
 
 def _rfc3339(moment: dt.datetime) -> str:
@@ -170,4 +175,83 @@ def feedback_event(feedback: Feedback, *, received_at: dt.datetime, topic: str, 
         time=received_at,
         dataschema=FEEDBACK_SCHEMA_ID,
         data=json.dumps(data, ensure_ascii=False).encode(),
+    )
+
+
+def reply_outcome_event(
+    *,
+    command_id: str,
+    reference: str,
+    kind: str,
+    via: str | None,
+    route_channel: str | None,
+    at: dt.datetime,
+    topic: str,
+    source: str,
+    provider_id: str | None = None,
+    note: str | None = None,
+    failed: str | None = None,
+) -> Event:
+    """What became of one command: delivered on a channel (``intake.reply.delivered.v1``) or, with ``failed``, never will be."""
+    data: dict[str, Any] = {"command_id": command_id, "reference": reference, "kind": kind}
+    if via:
+        data["channel"] = via
+    if route_channel:
+        data["route_channel"] = route_channel
+    if provider_id:
+        data["provider_id"] = provider_id
+    if note:
+        data["note"] = note
+    data["failed_at" if failed else "delivered_at"] = _rfc3339(at)
+    if failed:
+        data["error"] = failed
+    return _event(
+        topic=topic,
+        key=reference,
+        # One outcome per command, whichever it is: a retry after an unknown outcome carries the same id.
+        ce_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:intake:reply-outcome:{command_id}")),
+        ce_type=REPLY_FAILED if failed else REPLY_DELIVERED,
+        source=f"{source}/{via or route_channel or 'outbound'}",
+        subject=reference,
+        time=at,
+        dataschema=REPLY_OUTCOME_SCHEMA_ID,
+        data=json.dumps(data, ensure_ascii=False).encode(),
+    )
+
+
+def command_rejected_event(
+    *,
+    dedupe_id: str,
+    ce_id: str | None,
+    ce_type: str | None,
+    reference: str | None,
+    reason: str,
+    at: dt.datetime,
+    topic: str,
+    source: str,
+) -> Event:
+    """A record on the outbound topic intake will not carry out, and why; it names the command, never its content."""
+    data: dict[str, Any] = {"reason": reason[:1000], "rejected_at": _rfc3339(at)}
+    if ce_id:
+        data["command_id"] = ce_id
+    if ce_type:
+        data["command_type"] = ce_type
+    if reference:
+        data["reference"] = reference
+    headers = [
+        ("ce_specversion", SPECVERSION),
+        ("ce_id", str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:intake:command-rejected:{dedupe_id}"))),
+        ("ce_source", f"{source}/outbound"),
+        ("ce_type", COMMAND_REJECTED),
+        ("ce_time", _rfc3339(at)),
+        ("ce_dataschema", COMMAND_REJECTED_SCHEMA_ID),
+        ("content-type", "application/json"),
+    ]
+    if reference:  # a command whose key is no reference has no subject: the dead-letter topic still tells why
+        headers.insert(4, ("ce_subject", reference))
+    return Event(
+        topic=topic,
+        key=(reference or "").encode(),
+        value=json.dumps(data, ensure_ascii=False).encode(),
+        headers=[(k, v.encode()) for k, v in headers],
     )

@@ -31,8 +31,10 @@ from intake.config import Settings
 from intake import topics
 from intake.errors import TemporaryFailure
 from intake.http import BodyTooLarge, BodyUnreadable, read_body
+from intake.delivery import Delivery
 from intake.inbox import Normaliser
 from intake.metrics import Metrics
+from intake.outbound import ConsumerFactory, OutboundConsumer, default_consumer
 from intake.pause import pause
 from intake.problems import problem
 from intake.publisher import Publisher, PublisherSettings, ProducerFactory, default_producer
@@ -62,9 +64,20 @@ class Housekeeping:
 
     name = "housekeeping"
 
-    def __init__(self, spool: Spool, retention_seconds: float, *, interval: float = 3600.0, tick: float = 10.0) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        retention_seconds: float,
+        *,
+        interval: float = 3600.0,
+        tick: float = 10.0,
+        route_retention_seconds: float = 400 * 86400,
+        command_retention_seconds: float = 30 * 86400,
+    ) -> None:
         self._spool = spool
         self._retention = retention_seconds
+        self._route_retention = route_retention_seconds
+        self._command_retention = command_retention_seconds
         self._interval = interval
         self._tick = tick
         self._stopping = asyncio.Event()
@@ -77,6 +90,9 @@ class Housekeeping:
                 early = await self._spool.housekeep()
                 if time.monotonic() >= next_prune:
                     pruned = await self._spool.prune(time.time() - self._retention)
+                    pruned += await self._spool.prune_conversations(
+                        routes_before=time.time() - self._route_retention, commands_before=time.time() - self._command_retention
+                    )
                     next_prune = time.monotonic() + self._interval
                     if pruned:
                         log.info("pruned raw messages past retention", extra={"event": "pruned", "count": pruned})
@@ -109,6 +125,7 @@ class Gateway:
         settings: Settings,
         *,
         producer_factory: ProducerFactory = default_producer,
+        consumer_factory: ConsumerFactory = default_consumer,
         clock: Callable[[], float] = time.time,
         worker: int = 0,
         workers: int = 1,
@@ -172,7 +189,29 @@ class Gateway:
         self.supervisor = Supervisor(self.metrics)
         self.supervisor.add(self.publisher)
         self.supervisor.add(self.replies)
-        self.supervisor.add(Housekeeping(self.spool, settings.spool.retention_hours * 3600))
+        outbound = settings.outbound
+        self.supervisor.add(
+            Housekeeping(
+                self.spool,
+                settings.spool.retention_hours * 3600,
+                route_retention_seconds=outbound.route_retention_days * 86400,
+                command_retention_seconds=outbound.command_retention_days * 86400,
+            )
+        )
+        # Two-way: downstream's commands, delivered on the complaint's channel. Channels fill in their senders below
+        # (keyed by channel: email, telegram, sms, whatsapp, webhook), as they do reply_senders.
+        self.outbound_senders: dict[str, OutboundSender] = {}
+        self.outbound: OutboundConsumer | None = None
+        self.delivery: Delivery | None = None
+        # One consumer per gateway, in worker 0, like the pull channels. Its routes are worker 0's spool's: with
+        # several workers, a command for a complaint another worker took in is refused as unknown (see the README).
+        if outbound.enabled and worker == 0:
+            self.outbound = OutboundConsumer(self.spool, self.metrics, kafka, source=settings.source, consumer_factory=consumer_factory, clock=clock)
+            self.delivery = Delivery(
+                self.spool, self.metrics, self.outbound_senders, outbound, topic=kafka.topic, source=settings.source, clock=clock
+            )
+            self.supervisor.add(self.delivery)
+            self.supervisor.add(self.outbound)
         # After the publisher and replies, before the channels: on stop, what the listeners took in last is normalised.
         self.normaliser = Normaliser(self.spool, self.reception, clock=clock)
         self.supervisor.add(self.normaliser)

@@ -33,7 +33,8 @@ from intake.config import AcknowledgementConfig
 from intake.errors import TemporaryFailure
 from intake.i18n import negotiate
 from intake.metrics import Metrics
-from intake.spool import Event, Reply, Spool, Submission
+from intake.spool import Event, FollowUp, Reply, Spool, Submission
+from intake.twoway import CustomerRequests, Interception, Route
 from normalizer.errors import InvalidMessage
 from normalizer.record import Channel, Complaint
 from normalizer.reference import complaint_id, reference_for, spool_key
@@ -48,6 +49,8 @@ AckMode = Literal["inline", "reply", "none"]
 # Channels on which a reply to our acknowledgement reaches us again; elsewhere (a web page, a partner's screen) the
 # acknowledgement must not invite one.
 _REPLYABLE = frozenset({"email", "sms", "mms", "whatsapp", "telegram"})
+# Channels whose replies thread under one message: a follow-up there is the newest message to answer under.
+_THREADED = frozenset({"email", "telegram"})
 ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
 # What a channel does with a message from the inbox: (raw, received_at, context, inbox_id) to ``receive(..., inbox_id=...)``.
 LaterNormalizer = Callable[[bytes, dt.datetime, dict[str, Any], int], Awaitable["Outcome"]]
@@ -94,6 +97,8 @@ class Reception:
         self._locale = functools.lru_cache(maxsize=1024)(self._negotiate)
         self.later: dict[str, LaterNormalizer] = {}
         self.replayers: dict[str, Replayer] = {}
+        # Status questions and survey answers, told apart from complaints (intake.twoway); wired by the gateway's owner.
+        self.requests: CustomerRequests | None = None
 
     def normalize_later(self, channel: str, normalizer: LaterNormalizer) -> None:
         """How ``channel``'s messages taken in by ``receive_later`` are normalised from the inbox."""
@@ -180,10 +185,13 @@ class Reception:
         cursor: tuple[str, str] | None = None,
         dead_letter_invalid: bool = False,
         inbox_id: int | None = None,
+        route: dict[str, Any] | None = None,
     ) -> Outcome:
         """Store one received message; raises InvalidMessage (unless dead-lettering), TemporaryFailure, SpoolFull.
 
-        ``inbox_id``: the message comes from the inbox, and leaves it in the same transaction."""
+        ``inbox_id``: the message comes from the inbox, and leaves it in the same transaction.
+        ``route``: how to write to the sender on this channel later (``intake.twoway.Route.address``); kept with a
+        new complaint for the commands that will answer it, or, for a follow-up, as the newest message to thread under."""
         key = spool_key(channel, channel_message_id)
         replaying = _replaying.get()
         if replaying is not None:  # a dead letter taken in again: it leaves the inbox with this write, whatever its key now
@@ -225,15 +233,24 @@ class Reception:
             submission.reference, submission.raw_digest = complaint.reference, complaint.raw.sha256
         else:
             submission.reference, submission.raw_digest = reference_for(channel, channel_message_id), hashlib.sha256(raw).hexdigest()
-        acknowledgement = None if complaint.flags.automated or ack == "none" else self.acknowledgement_for(complaint)
+        interception = None
+        if self.requests is not None and not complaint.flags.automated:
+            followed = await self.spool.route(complaint.follows_up) if complaint.follows_up else None
+            interception = await self.requests.intercept(complaint, followed)
+        if interception is not None:
+            acknowledgement = None if ack == "none" else interception.answer
+        else:
+            acknowledgement = None if complaint.flags.automated or ack == "none" else self.acknowledgement_for(complaint)
+        if not complaint.flags.automated:
+            self._converse(submission, complaint, route, acknowledgement, received_at, interception)
         submission.answer = {
             "reference": complaint.key,
             "complaint_id": str(complaint.id),
             "automated": complaint.flags.automated,
             "acknowledgement": None if acknowledgement is None else _ack_dict(acknowledgement),
         }
-        submission.events = [complaint_event]
-        if acknowledgement is not None and ack == "inline":
+        submission.events = list(interception.events) if interception is not None else [complaint_event]
+        if acknowledgement is not None and ack == "inline" and interception is None:
             submission.events.append(
                 self.acknowledged_event(complaint=complaint, payload={"locale": acknowledgement.locale}, sent_at=received_at)
             )
@@ -252,12 +269,48 @@ class Reception:
             }
             submission.replies = [Reply(channel=via, payload=payload)]
         receipt = await self.spool.accept(submission)
-        if acknowledgement is not None and ack == "inline" and not receipt.duplicate:
+        if acknowledgement is not None and ack == "inline" and not receipt.duplicate and interception is None:
             # Answered in the channel's own reply (TwiML, the webhook's 202, the form's page), once it is stored.
             sent, latency = self._inline_metrics(complaint.channel)
             sent.inc()
             latency.observe(max(0.0, time.time() - submission.received_at))
         return self._outcome(receipt, channel)
+
+    def _converse(
+        self,
+        submission: Submission,
+        complaint: Complaint,
+        address: dict[str, Any] | None,
+        acknowledgement: Acknowledgement | None,
+        received_at: dt.datetime,
+        interception: Interception | None,
+    ) -> None:
+        """What the message tells the conversation: a new complaint's route, a follow-up's newer message, an answer."""
+        at = received_at.timestamp()
+        if interception is not None:
+            submission.feedback = interception.feedback
+        if complaint.follows_up:
+            # Threaded under the newest message on channels that thread; elsewhere the address stays as it was.
+            newest = address if complaint.channel in _THREADED and address else None
+            submission.follows_up = FollowUp(reference=complaint.follows_up, channel=complaint.channel, at=at, address=newest)
+            return
+        if interception is not None:
+            return
+        person = complaint.complainant
+        contacts = {"email": person.email, "phone": person.phone, "preferred": person.preferred_contact}
+        locale = acknowledgement.locale if acknowledgement is not None else self._locale(
+            tuple(tag for tag in (person.locale, complaint.language) if tag)
+        )
+        address = dict(address or {})
+        if complaint.channel == "webhook" and person.handle:
+            address.setdefault("customer_id", person.handle)  # the partner's own id of its customer, for its callback
+        submission.route = Route(
+            channel=complaint.channel,
+            address=address,
+            locale=locale,
+            last_inbound_at=at,
+            contacts={name: value for name, value in contacts.items() if value},
+        )
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - a few channels per gateway, and the gateway lives as long as the process
     def _inline_metrics(self, channel: str) -> tuple[Any, Any]:

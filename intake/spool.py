@@ -46,9 +46,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from intake.errors import SpoolFull, TemporaryFailure
+from intake.twoway import Feedback, Route, StatusView, Survey
 
 if TYPE_CHECKING:
     from intake.config import SpoolConfig
@@ -112,6 +113,52 @@ CREATE TABLE IF NOT EXISTS inbox (
 CREATE TABLE IF NOT EXISTS cursor (
     name TEXT PRIMARY KEY,           -- a pull channel's durable position (IMAP UID, Telegram offset)
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conversation (
+    reference TEXT PRIMARY KEY,      -- the complaint's; commands name it
+    channel TEXT NOT NULL,
+    address TEXT NOT NULL,           -- JSON: how to write to the complainant on the channel (personal data)
+    locale TEXT NOT NULL,
+    contacts TEXT NOT NULL,          -- JSON: other ways they gave (personal data)
+    created_at REAL NOT NULL,
+    last_inbound_at REAL NOT NULL,
+    status TEXT,                     -- the latest status delivered to them, NULL: still "received"
+    status_text TEXT,
+    status_at REAL
+);
+CREATE INDEX IF NOT EXISTS conversation_inbound ON conversation (last_inbound_at);
+CREATE TABLE IF NOT EXISTS command (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order they were consumed in: delivered in it per reference
+    ce_id TEXT NOT NULL UNIQUE,      -- the command's ce_id (or where a command without one was read): idempotency
+    reference TEXT,
+    ce_type TEXT,
+    data TEXT NOT NULL,              -- JSON: the validated command
+    state TEXT NOT NULL,             -- pending | delivered | failed | rejected
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    received_at REAL NOT NULL,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS command_pending ON command (state, reference, id);
+CREATE TABLE IF NOT EXISTS survey (
+    survey_id TEXT PRIMARY KEY,      -- the survey command's ce_id
+    reference TEXT NOT NULL,
+    channel TEXT NOT NULL,           -- where it was asked
+    nps INTEGER NOT NULL,
+    comment INTEGER NOT NULL,
+    asked_at REAL NOT NULL,
+    answered_at REAL,                -- the first answer
+    score_at REAL,
+    nps_at REAL,
+    comment_at REAL
+);
+CREATE INDEX IF NOT EXISTS survey_reference ON survey (reference, asked_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    survey_id TEXT NOT NULL,
+    answer_id TEXT NOT NULL,         -- the channel's id of the answer: a redelivery counts once
+    received_at REAL NOT NULL,
+    PRIMARY KEY (survey_id, answer_id)
 );
 """.format(outbox=_OUTBOX)
 
@@ -231,6 +278,47 @@ class Submission:
     received_at: float = field(default_factory=time.time)
     inbox_id: int | None = None  # the inbox message this normalises, deleted in the same transaction
     replaces: str | None = None  # the key of the dead letter this replays (``intake spool dead-letters replay``)
+    route: Route | None = None  # a new complaint's: how to reach its complainant, kept for commands
+    follows_up: FollowUp | None = None  # a follow-up's news for the conversation it belongs to
+    feedback: Feedback | None = None  # a survey answer the message carried (see intake.twoway.Interception)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What a follow-up changes in the conversation of the complaint it follows, if that one is known here."""
+
+    reference: str
+    channel: str
+    at: float
+    address: dict[str, Any] | None = None  # email / Telegram: thread later messages under this newest one
+
+
+@dataclass(frozen=True)
+class StoredCommand:
+    """A command waiting to be delivered."""
+
+    id: int
+    ce_id: str
+    reference: str
+    ce_type: str
+    data: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class CommandIntake:
+    """One record from the outbound topic, for ``store_commands``: a valid command, or why it is refused.
+
+    ``dedupe_id`` is its ce_id (or, without one, where it was read): a record seen again is stored once.
+    A valid command for a reference with no conversation here is refused in the same transaction,
+    with ``unknown_reference`` built by the caller."""
+
+    dedupe_id: str
+    reference: str | None
+    ce_type: str | None
+    data: dict[str, Any] | None  # None: refused
+    rejection: Event | None = None  # the dead-letter event for a refused one
+    unknown_reference: Event | None = None  # the dead-letter event should the reference be unknown
 
 
 @dataclass(frozen=True)
@@ -259,6 +347,8 @@ class SpoolStatus:
     refusing: str | None = None  # why complaints are refused for want of room, if they are
     fault: str | None = None
     to_normalise: int = 0  # raw messages in the inbox (counted in ``messages`` too)
+    pending_commands: int = 0  # outbound commands stored and not yet delivered (or given up on)
+    conversations: int = 0  # complaints whose complainants commands can reach
 
     @property
     def full(self) -> bool:
@@ -353,6 +443,7 @@ class Spool:
         self._memory_bytes = memory_bytes
         self.events_written = asyncio.Event()
         self.inbox_written = asyncio.Event()
+        self.commands_written = asyncio.Event()
         self.commits = 0
         self.pruned_early = 0  # raw messages pruned inside retention to make room
         # Set in the writer thread or a reader thread, read on the loop: assignments are atomic under the GIL.
@@ -892,6 +983,12 @@ class Spool:
                 )
             if submission.cursor is not None:
                 self._set_cursor(conn, *submission.cursor)
+            if submission.route is not None:
+                self._record_route(conn, submission.reference, submission.route, submission.received_at)
+            if submission.follows_up is not None:
+                self._record_follow_up(conn, submission.follows_up)
+            if submission.feedback is not None:
+                self._record_answer(conn, submission.feedback, submission.received_at)
             self._insert_events(conn, submission.key, submission.events, body)  # last: it counts what cannot roll back
             return Receipt(duplicate=False, same_content=True, answer=submission.answer)
 
@@ -1140,6 +1237,211 @@ class Spool:
 
         await self._write(op)
 
+    # --- conversations: what commands need to reach a complainant (intake.twoway.Conversations) ----
+
+    @staticmethod
+    def _record_route(conn: sqlite3.Connection, reference: str, route: Route, at: float) -> None:
+        conn.execute(
+            "INSERT INTO conversation (reference, channel, address, locale, contacts, created_at, last_inbound_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reference) DO NOTHING",
+            (reference, route.channel, json.dumps(route.address), route.locale, json.dumps(route.contacts), at, route.last_inbound_at),
+        )
+
+    @staticmethod
+    def _record_follow_up(conn: sqlite3.Connection, follow_up: FollowUp) -> None:
+        # Only on the route's own channel (SMS and MMS being one number): an email does not open WhatsApp's
+        # 24-hour window, and a Telegram chat is no address for a mail thread.
+        family = ("sms", "mms") if follow_up.channel in ("sms", "mms") else (follow_up.channel,)
+        address = json.dumps(follow_up.address) if follow_up.address else None
+        conn.execute(
+            f"UPDATE conversation SET last_inbound_at = max(last_inbound_at, ?), address = coalesce(?, address)"
+            f" WHERE reference = ? AND channel IN ({','.join('?' * len(family))})",
+            (follow_up.at, address, follow_up.reference, *family),
+        )
+
+    @staticmethod
+    def _record_answer(conn: sqlite3.Connection, feedback: Feedback, at: float) -> bool:
+        """The answer's row and the survey's progress; False if this answer was recorded before."""
+        inserted = conn.execute(
+            "INSERT INTO feedback (survey_id, answer_id, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (feedback.survey_id, feedback.answer_id, at),
+        ).rowcount
+        if not inserted:
+            return False
+        conn.execute(
+            "UPDATE survey SET answered_at = coalesce(answered_at, ?),"
+            " score_at = CASE WHEN ? THEN coalesce(score_at, ?) ELSE score_at END,"
+            " nps_at = CASE WHEN ? THEN coalesce(nps_at, ?) ELSE nps_at END,"
+            " comment_at = CASE WHEN ? THEN coalesce(comment_at, ?) ELSE comment_at END"
+            " WHERE survey_id = ?",
+            (at, feedback.score is not None, at, feedback.nps is not None, at, bool(feedback.comment), at, feedback.survey_id),
+        )
+        return True
+
+    async def route(self, reference: str) -> Route | None:
+        """The route recorded for a complaint, or None for a reference this spool never received."""
+
+        def query(conn: sqlite3.Connection) -> Route | None:
+            row = conn.execute(
+                "SELECT channel, address, locale, last_inbound_at, contacts FROM conversation WHERE reference = ?", (reference,)
+            ).fetchone()
+            if row is None:
+                return None
+            return Route(channel=row[0], address=json.loads(row[1]), locale=row[2], last_inbound_at=row[3], contacts=json.loads(row[4]))
+
+        return await self._read(query)
+
+    async def _complaint_status(self, reference: str) -> StatusView | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT status, status_text, status_at FROM conversation WHERE reference = ?", (reference,)).fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return StatusView(reference=reference, status=row[0], text=row[1], updated_at=row[2])
+
+    async def open_survey(self, reference: str) -> Survey | None:
+        """The newest survey asked and not fully answered: ``nps`` / ``comment`` say what is still to be answered."""
+
+        def query(conn: sqlite3.Connection) -> Survey | None:
+            row = conn.execute(
+                "SELECT survey_id, nps AND nps_at IS NULL, comment AND comment_at IS NULL, score_at FROM survey"
+                " WHERE reference = ? ORDER BY asked_at DESC LIMIT 1",
+                (reference,),
+            ).fetchone()
+            if row is None or (row[3] is not None and not row[1] and not row[2]):
+                return None
+            return Survey(survey_id=row[0], nps=bool(row[1]), comment=bool(row[2]))
+
+        return await self._read(query)
+
+    async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
+        """Store an answer and its ``intake.feedback.received.v1`` event in one transaction; False if ``answer_id`` came before."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            if not self._record_answer(conn, feedback, time.time()):
+                return False
+            self._insert_events(conn, None, [event])
+            return True
+
+        return await self._write(op, size=len(event.value) or 1)
+
+    # --- outbound commands ----------------------------------------------------
+
+    async def store_commands(self, intakes: list[CommandIntake]) -> list[str]:
+        """Store a batch of records from the outbound topic in one transaction; per record its outcome:
+        ``stored``, ``duplicate`` (its dedupe id was seen before) or ``rejected`` (its dead-letter event written)."""
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            outcomes = []
+            now = time.time()
+            for item in intakes:
+                if conn.execute("SELECT 1 FROM command WHERE ce_id = ?", (item.dedupe_id,)).fetchone():
+                    outcomes.append("duplicate")
+                    continue
+                rejection = item.rejection
+                if item.data is not None and conn.execute("SELECT 1 FROM conversation WHERE reference = ?", (item.reference,)).fetchone() is None:
+                    rejection = item.unknown_reference
+                state = "pending" if rejection is None else "rejected"
+                # A refused command keeps no data: only its id, so that a redelivery is not refused twice.
+                conn.execute(
+                    "INSERT INTO command (ce_id, reference, ce_type, data, state, received_at, done_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (item.dedupe_id, item.reference, item.ce_type, json.dumps(item.data if rejection is None else {}), state, now,
+                     None if rejection is None else now),
+                )  # fmt: skip
+                if rejection is not None:
+                    self._insert_events(conn, None, [rejection])
+                outcomes.append("stored" if rejection is None else "rejected")
+            if any(outcome == "stored" for outcome in outcomes):
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self.commands_written.set)
+            return outcomes
+
+        return await self._write(op, size=sum(len(json.dumps(i.data or {})) for i in intakes) or 1)
+
+    async def due_commands(self, now: float, limit: int = 100) -> list[StoredCommand]:
+        """The first pending command of each reference, if it is due: the next of a reference waits for it."""
+
+        def query(conn: sqlite3.Connection) -> list[StoredCommand]:
+            rows = conn.execute(
+                "SELECT id, ce_id, reference, ce_type, data, attempts FROM command AS c"
+                " WHERE state = 'pending' AND not_before <= ?"
+                " AND id = (SELECT min(id) FROM command WHERE state = 'pending' AND reference = c.reference)"
+                " ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [StoredCommand(i, ce, ref, t, json.loads(data), attempts) for i, ce, ref, t, data, attempts in rows]
+
+        return await self._read(query)
+
+    async def command_done(
+        self,
+        command_id: int,
+        events: list[Event],
+        *,
+        failed: bool = False,
+        status: tuple[str, str | None] | None = None,
+        survey: Survey | None = None,
+        survey_channel: str = "",
+        then: CommandIntake | None = None,
+    ) -> None:
+        """A command delivered (or given up on, ``failed``): its outcome event, the status now shown to the
+        complainant, the survey now open, and a command it causes (``then``: a survey after "resolved"), in one transaction."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            row = conn.execute(
+                "UPDATE command SET state = ?, done_at = ?, data = '{}' WHERE id = ? AND state = 'pending' RETURNING reference",
+                ("failed" if failed else "delivered", now, command_id),
+            ).fetchone()
+            if row is None:  # done already: a retry after an unknown outcome of this very write
+                return
+            reference = row[0]
+            if status is not None:
+                conn.execute(
+                    "UPDATE conversation SET status = ?, status_text = ?, status_at = ? WHERE reference = ?", (*status, now, reference)
+                )
+            if survey is not None:
+                conn.execute(
+                    "INSERT INTO survey (survey_id, reference, channel, nps, comment, asked_at) VALUES (?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (survey_id) DO NOTHING",
+                    (survey.survey_id, reference, survey_channel, survey.nps, survey.comment, now),
+                )
+            if then is not None and then.data is not None:
+                conn.execute(
+                    "INSERT INTO command (ce_id, reference, ce_type, data, state, received_at) VALUES (?, ?, ?, ?, 'pending', ?)"
+                    " ON CONFLICT (ce_id) DO NOTHING",
+                    (then.dedupe_id, then.reference, then.ce_type, json.dumps(then.data), now),
+                )
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self.commands_written.set)
+            self._insert_events(conn, None, events)
+
+        await self._write(op)
+
+    async def command_retry(self, command_id: int, *, retry_at: float, error: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE command SET attempts = attempts + 1, not_before = ?, last_error = ? WHERE id = ?", (retry_at, error[:500], command_id)
+            )
+        )
+
+    async def prune_conversations(self, *, routes_before: float, commands_before: float) -> int:
+        """Forget conversations whose complainant last wrote before ``routes_before`` (with their surveys and
+        answers, and no command still pending), and the ids of commands done before ``commands_before``."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            gone = conn.execute(
+                "DELETE FROM conversation WHERE last_inbound_at < ? AND coalesce(status_at, 0) < ?"
+                " AND reference NOT IN (SELECT reference FROM command WHERE state = 'pending' AND reference IS NOT NULL)",
+                (routes_before, routes_before),
+            ).rowcount
+            conn.execute("DELETE FROM feedback WHERE survey_id IN (SELECT survey_id FROM survey WHERE asked_at < ?)", (routes_before,))
+            conn.execute("DELETE FROM survey WHERE asked_at < ?", (routes_before,))
+            commands = conn.execute("DELETE FROM command WHERE state != 'pending' AND done_at < ?", (commands_before,)).rowcount
+            return gone + commands
+
+        return await self._write(op)
+
     # --- housekeeping ---------------------------------------------------------
 
     async def prune(self, older_than: float) -> int:
@@ -1202,7 +1504,18 @@ class Spool:
             return True
         return False
 
-    async def status(self) -> SpoolStatus:
+    @overload
+    async def status(self) -> SpoolStatus: ...
+
+    @overload
+    async def status(self, reference: str) -> StatusView | None: ...
+
+    async def status(self, reference: str | None = None) -> SpoolStatus | StatusView | None:
+        """The spool's own state; or, given a complaint's reference, its latest status delivered to the complainant
+        (``Conversations.status``: None while no status command has been, the complaint then being "received")."""
+        if reference is not None:
+            return await self._complaint_status(reference)
+
         def query(conn: sqlite3.Connection) -> SpoolStatus:
             waiting = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
             messages = conn.execute("SELECT count(*) FROM message").fetchone()[0] + waiting
@@ -1212,6 +1525,8 @@ class Spool:
             replies = conn.execute("SELECT count(*) FROM reply").fetchone()[0]
             dead_bytes = conn.execute("SELECT coalesce(sum(length(raw)), 0) FROM message WHERE state = 'dead_letter'").fetchone()[0]
             first = conn.execute("SELECT min(received_at) FROM message").fetchone()[0]
+            commands = conn.execute("SELECT count(*) FROM command WHERE state = 'pending'").fetchone()[0]
+            conversations = conn.execute("SELECT count(*) FROM conversation").fetchone()[0]
             return SpoolStatus(
                 messages=messages,
                 pending_events=events,
@@ -1228,6 +1543,8 @@ class Spool:
                 refusing=self._refusing or self._disk_full,
                 fault=self.fault,
                 to_normalise=waiting,
+                pending_commands=commands,
+                conversations=conversations,
             )
 
         return await self._read(query)

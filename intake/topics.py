@@ -42,7 +42,8 @@ class TopicsUnavailable(Exception):
 
 
 def wanted(kafka: KafkaConfig) -> list[str]:
-    return list(dict.fromkeys([kafka.topic, kafka.dead_letter_topic]))
+    # The outbound topic too: intake reads it, but a consumer group waits in silence for a topic that is not there.
+    return list(dict.fromkeys([kafka.topic, kafka.dead_letter_topic, kafka.outbound_topic]))
 
 
 def _settings(kafka: KafkaConfig) -> dict[str, str]:

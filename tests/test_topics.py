@@ -30,7 +30,7 @@ def test_intake_topics_creates_with_the_configured_settings_then_checks(tmp_path
     config = tmp_path / "intake.toml"
     config.write_text(
         f'[kafka]\nbootstrap_servers = "{kafka.bootstrap}"\ntopic = "{topic}"\ndead_letter_topic = "{topic}.dead-letter"\n'
-        "partitions = 4\nmin_insync_replicas = 1\n"
+        f'outbound_topic = "{topic}.outbound"\npartitions = 4\nmin_insync_replicas = 1\n'
     )
     checked = intake_topics(config, "--check")
     created = intake_topics(config)
@@ -38,11 +38,12 @@ def test_intake_topics_creates_with_the_configured_settings_then_checks(tmp_path
     config.write_text(config.read_text().replace("partitions = 4", "partitions = 6"))
     different = intake_topics(config, "--check")
     assert checked.returncode == 1, checked.stderr
-    assert [t["state"] for t in json.loads(checked.stdout)] == ["missing", "missing"]
+    assert [t["state"] for t in json.loads(checked.stdout)] == ["missing", "missing", "missing"]
     assert created.returncode == 0, created.stderr
     assert [(t["name"], t["state"], t["partitions"], t["min_insync_replicas"]) for t in json.loads(created.stdout)] == [
         (topic, "created", 4, "1"),
         (f"{topic}.dead-letter", "created", 4, "1"),
+        (f"{topic}.outbound", "created", 4, "1"),
     ]
     assert again.returncode == 0 and {t["state"] for t in json.loads(again.stdout)} == {"ok"}
     assert different.returncode == 1
@@ -73,7 +74,7 @@ async def test_a_missing_topic_is_named_in_readyz_until_it_exists(tmp_path: Path
             return (await readyz())["components"]["publisher"].startswith(f"degraded: topics missing: {topic}, {topic}.dead-letter")
 
         await wait_for(missing, timeout=15)
-        assert (await readyz())["kafka"]["topics"] == {topic: "missing", f"{topic}.dead-letter": "missing"}
+        assert (await readyz())["kafka"]["topics"] == {topic: "missing", f"{topic}.dead-letter": "missing", f"{topic}.outbound": "missing"}
         # What `intake topics` does, as the operator runs it beside the gateway.
         await topics.ensure(config.kafka, create=True)
 

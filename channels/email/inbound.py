@@ -227,6 +227,10 @@ class Inbound:
             cursor=cursor,
             dead_letter_invalid=True,
             inbox_id=inbox_id,
+            # Where later messages go, threaded under this one; nowhere for a robot.
+            route={"to": recipient, "message_id": parsed.message_id, "references": parsed.references, "subject": parsed.subject}
+            if answerable
+            else None,
         )
 
     def _reply_payload(self, parsed: mail.ParsedMail, recipient: str | None) -> ReplyPayload:

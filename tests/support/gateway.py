@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ def settings(tmp: Path, bootstrap: str, topic: str, **overrides: Any) -> Setting
         "log_format": "text",
         "shutdown_grace_seconds": 5,
         "http": {"host": "127.0.0.1", "port": free_port()},
-        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "dead_letter_topic": f"{topic}.dead-letter", "stall_seconds": 1.0},
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "dead_letter_topic": f"{topic}.dead-letter", "outbound_topic": f"{topic}.outbound", "stall_seconds": 1.0},
         "spool": {"path": str(tmp / "spool.sqlite3")},
         "webhook": {"partners": {PARTNER: {"secrets": [SECRET]}}},
     }
@@ -49,9 +49,12 @@ def settings(tmp: Path, bootstrap: str, topic: str, **overrides: Any) -> Setting
 
 
 @contextlib.asynccontextmanager
-async def running(config: Settings) -> AsyncIterator[tuple[Gateway, str]]:
-    """A gateway serving HTTP on its configured port; yields it and its base URL."""
+async def running(config: Settings, *, prepare: Callable[[Gateway], None] | None = None) -> AsyncIterator[tuple[Gateway, str]]:
+    """A gateway serving HTTP on its configured port; yields it and its base URL. ``prepare`` sees it before it starts
+    (to register a sender, as channels do while the gateway is built)."""
     gateway = Gateway(config)
+    if prepare is not None:
+        prepare(gateway)
     await gateway.start()
     runner = web.AppRunner(gateway.app, access_log=None)
     await runner.setup()
