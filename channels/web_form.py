@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from channels.email.reply import acknowledgement_payload
 from intake.acknowledgement import _number as localized_number
+from intake import keys as intake_keys
 from intake.errors import TemporaryFailure
 from intake.http import STREAM_ERRORS, BodyTooLarge, BodyUnreadable, declared_too_large, read_body
 from intake.i18n import SUPPORTED, language_name, negotiate, text_direction, translations
@@ -194,28 +194,10 @@ class SlidingWindow:
 
 
 def kept_key(path: Path) -> bytes:
-    """A 32-byte key generated once and kept in ``path`` (owner-only), so that it outlives restarts."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        key = b""
-    if len(key) == 32:
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    # Written aside and renamed: a crash mid-write never leaves a short key that a restart would replace.
-    partial = path.with_name(path.name + ".new")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(key)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-    log.info(
-        "web form CSRF key generated and kept beside the spool; set web_form.csrf_secret when running several replicas",
-        extra={"event": "web_form_csrf_key_generated"},
+    """The form's CSRF key, generated once and kept in ``path`` (owner-only), so that it outlives restarts."""
+    return intake_keys.kept_key(
+        path, event="web_form_csrf_key_generated", advice="set web_form.csrf_secret when running several replicas"
     )
-    return key
 
 
 def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
