@@ -222,6 +222,29 @@ def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
     return str(ip)
 
 
+def page_locale(request: web.Request, default: str, *, preferred: str | None = None) -> str:
+    """A page's language: ``?lang=`` if supported, else ``preferred`` (a language known for the visitor), else Accept-Language."""
+    fallback = negotiate(request.headers.get("Accept-Language"), default=default)
+    if preferred:
+        fallback = negotiate(preferred, default=fallback)
+    chosen = request.query.get("lang")
+    return negotiate(chosen[:35], default=fallback) if chosen else fallback
+
+
+def cross_origin(request: web.Request, public_origin: str | None) -> bool:
+    """A browser names the page a POST comes from; a form on another site must not post in a visitor's name."""
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # not a browser, or an old one: the CSRF token still has to match
+    if origin == "null":
+        return True
+    if public_origin is not None:
+        return origin.rstrip("/").lower() != public_origin
+    return urlsplit(origin).netloc.lower() != request.host.lower()
+
+
 # --- pages ------------------------------------------------------------------------
 
 
@@ -249,13 +272,17 @@ class Pages:
             self._environments[locale] = environment
         return environment
 
-    def render(self, template: str, locale: str, *, status: int = 200, headers: Mapping[str, str] | None = None, **context: Any) -> web.Response:
+    def render(
+        self, template: str, locale: str, *, status: int = 200, headers: Mapping[str, str] | None = None, path: str = PATH, **context: Any
+    ) -> web.Response:
+        """``template`` in ``locale``; ``path`` is the page the language switch links to (it may carry a query already)."""
+        joiner = "&" if "?" in path else "?"
         languages = [
             {
                 "code": code,
                 "name": language_name(code),
                 "direction": text_direction(code),
-                "href": f"{PATH}?lang={code}",
+                "href": f"{path}{joiner}lang={code}",
                 "current": code == locale,
             }
             for code in SUPPORTED
@@ -527,23 +554,10 @@ class WebFormChannel:
     # --- parts ----------------------------------------------------------------------
 
     def _locale(self, request: web.Request) -> str:
-        chosen = request.query.get("lang")
-        if chosen:
-            return negotiate(chosen[:35], default=negotiate(request.headers.get("Accept-Language"), default=self._default_locale))
-        return negotiate(request.headers.get("Accept-Language"), default=self._default_locale)
+        return page_locale(request, self._default_locale)
 
     def _cross_origin(self, request: web.Request) -> bool:
-        """A browser names the page a POST comes from; a form on another site must not send complaints in a visitor's name."""
-        if request.headers.get("Sec-Fetch-Site") == "cross-site":
-            return True
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return False  # not a browser, or an old one: the CSRF token still has to match
-        if origin == "null":
-            return True
-        if self._public_origin is not None:
-            return origin.rstrip("/").lower() != self._public_origin
-        return urlsplit(origin).netloc.lower() != request.host.lower()
+        return cross_origin(request, self._public_origin)
 
     def _reply_route(self, form: normalize.ValidForm) -> tuple[str | None, ReplyPayload | None]:
         """Where a copy of the acknowledgement also goes: the customer's preferred contact if we can send there."""
