@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from channels import email as email_channel
 from channels.email.imap import MailboxWatcher
 from channels.email.smtp import SmtpListener
+from channels.status_page import StatusPage, StatusPageConfig
 from channels.telegram import TelegramChannel
 from channels.twilio import TwilioChannel
-from channels.status_page import StatusPage, StatusPageConfig
 from channels.web_form import WebFormChannel
 from channels.webhook import WebhookChannel
 from intake.attachments import AttachmentStore
