@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from channels.email.reply import acknowledgement_payload
 from intake.acknowledgement import _number as localized_number
+from intake import keys as intake_keys
 from intake.errors import TemporaryFailure
 from intake.http import STREAM_ERRORS, BodyTooLarge, BodyUnreadable, declared_too_large, read_body
 from intake.i18n import SUPPORTED, language_name, negotiate, text_direction, translations
@@ -194,28 +194,10 @@ class SlidingWindow:
 
 
 def kept_key(path: Path) -> bytes:
-    """A 32-byte key generated once and kept in ``path`` (owner-only), so that it outlives restarts."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        key = b""
-    if len(key) == 32:
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    # Written aside and renamed: a crash mid-write never leaves a short key that a restart would replace.
-    partial = path.with_name(path.name + ".new")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(key)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-    log.info(
-        "web form CSRF key generated and kept beside the spool; set web_form.csrf_secret when running several replicas",
-        extra={"event": "web_form_csrf_key_generated"},
+    """The form's CSRF key, generated once and kept in ``path`` (owner-only), so that it outlives restarts."""
+    return intake_keys.kept_key(
+        path, event="web_form_csrf_key_generated", advice="set web_form.csrf_secret when running several replicas"
     )
-    return key
 
 
 def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
@@ -238,6 +220,29 @@ def client_address(request: web.Request, trusted_proxy_hops: int) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def page_locale(request: web.Request, default: str, *, preferred: str | None = None) -> str:
+    """A page's language: ``?lang=`` if supported, else ``preferred`` (a language known for the visitor), else Accept-Language."""
+    fallback = negotiate(request.headers.get("Accept-Language"), default=default)
+    if preferred:
+        fallback = negotiate(preferred, default=fallback)
+    chosen = request.query.get("lang")
+    return negotiate(chosen[:35], default=fallback) if chosen else fallback
+
+
+def cross_origin(request: web.Request, public_origin: str | None) -> bool:
+    """A browser names the page a POST comes from; a form on another site must not post in a visitor's name."""
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # not a browser, or an old one: the CSRF token still has to match
+    if origin == "null":
+        return True
+    if public_origin is not None:
+        return origin.rstrip("/").lower() != public_origin
+    return urlsplit(origin).netloc.lower() != request.host.lower()
 
 
 # --- pages ------------------------------------------------------------------------
@@ -267,13 +272,17 @@ class Pages:
             self._environments[locale] = environment
         return environment
 
-    def render(self, template: str, locale: str, *, status: int = 200, headers: Mapping[str, str] | None = None, **context: Any) -> web.Response:
+    def render(
+        self, template: str, locale: str, *, status: int = 200, headers: Mapping[str, str] | None = None, path: str = PATH, **context: Any
+    ) -> web.Response:
+        """``template`` in ``locale``; ``path`` is the page the language switch links to (it may carry a query already)."""
+        joiner = "&" if "?" in path else "?"
         languages = [
             {
                 "code": code,
                 "name": language_name(code),
                 "direction": text_direction(code),
-                "href": f"{PATH}?lang={code}",
+                "href": f"{path}{joiner}lang={code}",
                 "current": code == locale,
             }
             for code in SUPPORTED
@@ -561,23 +570,10 @@ class WebFormChannel:
     # --- parts ----------------------------------------------------------------------
 
     def _locale(self, request: web.Request) -> str:
-        chosen = request.query.get("lang")
-        if chosen:
-            return negotiate(chosen[:35], default=negotiate(request.headers.get("Accept-Language"), default=self._default_locale))
-        return negotiate(request.headers.get("Accept-Language"), default=self._default_locale)
+        return page_locale(request, self._default_locale)
 
     def _cross_origin(self, request: web.Request) -> bool:
-        """A browser names the page a POST comes from; a form on another site must not send complaints in a visitor's name."""
-        if request.headers.get("Sec-Fetch-Site") == "cross-site":
-            return True
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return False  # not a browser, or an old one: the CSRF token still has to match
-        if origin == "null":
-            return True
-        if self._public_origin is not None:
-            return origin.rstrip("/").lower() != self._public_origin
-        return urlsplit(origin).netloc.lower() != request.host.lower()
+        return cross_origin(request, self._public_origin)
 
     def _reply_route(self, form: normalize.ValidForm) -> tuple[str | None, ReplyPayload | None]:
         """Where a copy of the acknowledgement also goes: the customer's preferred contact if we can send there."""

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from channels import email as email_channel
 from channels.email.imap import MailboxWatcher
 from channels.email.smtp import SmtpListener
+from channels.status_page import StatusPage, StatusPageConfig
 from channels.telegram import TelegramChannel
 from channels.twilio import VIAS as TWILIO_VIAS
 from channels.twilio import TwilioChannel, TwilioSender
@@ -30,6 +31,7 @@ from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake import topics
 from intake.errors import TemporaryFailure
+from intake.feedback import SurveyLinks
 from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.delivery import Delivery
 from intake.inbox import Normaliser
@@ -39,6 +41,7 @@ from intake.pause import pause
 from intake.problems import problem
 from intake.publisher import Publisher, PublisherSettings, ProducerFactory, default_producer
 from intake.reception import Reception
+from intake.requests import CustomerRequests
 from intake.replies import Replies, ReplySender
 from intake.spool import Spool
 from intake.supervisor import Component, Supervisor
@@ -252,6 +255,28 @@ class Gateway:
                 clock=clock,
             )
             self._add_channel_routes("web_form", web_form.routes())
+        # Two-way (issue 10): status requests and survey answers among messages, the /status and /survey pages.
+        # The spool is the Conversations; the survey links' key is kept beside it, shared by every worker.
+        self.survey_links = SurveyLinks.kept_beside(settings.spool.path, settings.http.public_base_url)
+        if self.delivery is not None:
+            self.delivery.survey_links = self.survey_links
+        self.reception.requests = CustomerRequests(
+            self.spool, topic=kafka.topic, source=settings.source, default_locale=settings.acknowledgement.default_locale
+        )
+        status_page = StatusPage(
+            self.spool,
+            links=self.survey_links,
+            metrics=self.metrics,
+            topic=kafka.topic,
+            source=settings.source,
+            http=settings.http,
+            acknowledgement=settings.acknowledgement,
+            config=StatusPageConfig(
+                trusted_proxy_hops=settings.web_form.trusted_proxy_hops, default_phone_region=settings.web_form.default_phone_region
+            ),
+            clock=clock,
+        )
+        self._add_channel_routes("status_page", status_page.routes(static=not settings.web_form.enabled))
         if settings.email.enabled:
             email = email_channel.build(settings, self)
             self.services.extend(service for service in email.services if self._runs_here(service))
@@ -282,7 +307,7 @@ class Gateway:
                 clock=clock,
                 # Survey presses are recorded in the spool once it keeps conversations (intake.twoway.Conversations);
                 # until then they are answered and ignored.
-                conversations=self.spool if hasattr(self.spool, "record_feedback") else None,  # type: ignore[arg-type]
+                conversations=self.spool,
                 metrics=self.metrics,
                 topic=settings.kafka.topic,
                 source=settings.source,

@@ -31,6 +31,7 @@ from intake import events
 from intake.acknowledgement import Acknowledgement, compose
 from intake.config import AcknowledgementConfig
 from intake.errors import TemporaryFailure
+from intake.feedback import observe as observe_feedback
 from intake.i18n import negotiate
 from intake.metrics import Metrics
 from intake.spool import Event, FollowUp, Reply, Spool, Submission
@@ -269,6 +270,9 @@ class Reception:
             }
             submission.replies = [Reply(channel=via, payload=payload)]
         receipt = await self.spool.accept(submission)
+        if submission.feedback is not None and not receipt.duplicate:
+            # Counted once stored: a redelivered answer is a duplicate and counts nothing.
+            observe_feedback(self._metrics, submission.feedback)
         if acknowledgement is not None and ack == "inline" and not receipt.duplicate and interception is None:
             # Answered in the channel's own reply (TwiML, the webhook's 202, the form's page), once it is stored.
             sent, latency = self._inline_metrics(complaint.channel)

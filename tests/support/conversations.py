@@ -1,0 +1,44 @@
+"""An in-memory ``intake.twoway.Conversations``: what the spool knows of each complaint, for tests of what reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from intake.spool import Event
+from intake.twoway import Feedback, Route, StatusView, Survey
+
+
+@dataclass
+class MemoryConversations:
+    """Routes, statuses and surveys by reference; answers kept once per (survey, answer_id), as the spool keeps them.
+
+    ``lookups`` lists every lookup in order, so a test can see that two answers cost the same lookups.
+    """
+
+    routes: dict[str, Route] = field(default_factory=dict)
+    statuses: dict[str, StatusView] = field(default_factory=dict)
+    surveys: dict[str, Survey] = field(default_factory=dict)
+    answers: dict[tuple[str, str], tuple[Feedback, Event]] = field(default_factory=dict)
+    lookups: list[str] = field(default_factory=list)
+
+    async def route(self, reference: str) -> Route | None:
+        self.lookups.append("route")
+        return self.routes.get(reference)
+
+    async def status(self, reference: str) -> StatusView | None:
+        self.lookups.append("status")
+        return self.statuses.get(reference)
+
+    async def open_survey(self, reference: str) -> Survey | None:
+        self.lookups.append("open_survey")
+        survey = self.surveys.get(reference)
+        if survey is None or any(key[0] == survey.survey_id for key in self.answers):
+            return None
+        return survey
+
+    async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
+        key = (feedback.survey_id, feedback.answer_id)
+        if key in self.answers:
+            return False
+        self.answers[key] = (feedback, event)
+        return True
