@@ -124,8 +124,9 @@ def _check(feedback: Feedback) -> None:
 
 def observe(metrics: Metrics, feedback: Feedback) -> None:
     """Count an answer recorded for the first time: surveys answered, CSAT and NPS, by channel."""
-    metrics.surveys_answered.labels(channel=feedback.channel).inc()
     if feedback.score is not None:
+        # A survey counts as answered once, by its first question; a later NPS press (Telegram) is the same survey.
+        metrics.surveys_answered.labels(channel=feedback.channel).inc()
         metrics.csat_score.labels(channel=feedback.channel).observe(feedback.score)
     if feedback.nps is not None:
         metrics.nps_score.labels(channel=feedback.channel).observe(feedback.nps)

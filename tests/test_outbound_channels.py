@@ -349,7 +349,7 @@ async def test_a_survey_is_an_inline_keyboard_of_one_to_five_within_telegrams_li
     datas = [data for _, data in row]
     assert len(set(datas)) == 5 and all(len(data.encode()) <= 64 for data in datas)
     assert all(REFERENCE in data for data in datas)
-    assert "How satisfied" in sent.text
+    assert REFERENCE in sent.text and "5" in sent.text  # the question in the complainant's language (pl), 1 to 5
 
 
 async def test_a_press_is_answered_and_recorded_once_then_asks_for_nps(tmp_path: Path):
