@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from tests.support.kafka import KafkaBroker, session_broker
 from tests.support.smtp_relay import CapturingRelay
@@ -37,8 +41,37 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafka]:
 
 
 @pytest.fixture
-def topic() -> str:
-    return f"complaints-{uuid.uuid4().hex[:10]}"
+def topic(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A topic name of the test's own; the topics made under it (main, dead-letter, outbound) go afterwards.
+
+    Deleting them keeps the session's broker small: one that holds every test's partitions grows slow
+    to answer metadata and very slow to restart, which the tests that stop Kafka do.
+    """
+    name = f"complaints-{uuid.uuid4().hex[:10]}"
+    yield name
+    if "kafka" in request.fixturenames:
+        delete_topics(request.getfixturevalue("kafka").bootstrap, name)
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete the topics whose names start with ``prefix``; a broker that is gone or slow is left alone."""
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        try:
+            await asyncio.wait_for(admin.start(), timeout=10)
+            names = [t for t in await admin.list_topics() if t == prefix or t.startswith(prefix + ".")]
+            if names:
+                await admin.delete_topics(names, timeout_ms=10_000)
+        except (KafkaError, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            await admin.close()
+
+    # Its own loop in its own thread: the test's event loop is left as pytest-asyncio keeps it.
+    worker = threading.Thread(target=asyncio.run, args=(delete(),), name="delete-topics")
+    worker.start()
+    worker.join(timeout=30)
 
 
 @pytest.fixture
