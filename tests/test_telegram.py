@@ -286,7 +286,10 @@ retry_initial_seconds = 0.2
         gateway.start(env={"INTAKE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})
         try:
             await gateway.wait_healthy()
-            await api.wait_sent(10, timeout=60)  # ten customers have their reference: their updates are stored
+            try:
+                await api.wait_sent(10, timeout=60)  # ten customers have their reference: their updates are stored
+            except TimeoutError as error:
+                raise TimeoutError(f"{error}; the gateway's log:\n{gateway.log.read_text()[-4000:]}") from None
             gateway.kill()
             acknowledged_before_kill = len({s.reply_to_message_id for s in api.sent})
             left_at_kill = api.pending
