@@ -37,7 +37,7 @@ from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
 from intake.pause import pause
 from intake.spool import CommandIntake, Spool, StoredCommand
-from intake.twoway import Delivered, OutboundMessage, OutboundSender, Route, Survey, SurveyLinks
+from intake.twoway import REPLYABLE, Conversations, Delivered, OutboundMessage, OutboundSender, Route, Survey, SurveyLinks
 
 log = logging.getLogger("intake.delivery")
 
@@ -70,8 +70,11 @@ class Delivery:
         poll_interval: float = 0.5,
         spool_retry: float = 2.0,
         clock: Callable[[], float] = time.time,
+        conversations: Conversations | None = None,
     ) -> None:
         self._spool = spool
+        # Where routes are looked up: the spool, or every worker's (intake.conversations).
+        self._conversations: Conversations = conversations if conversations is not None else spool
         self._metrics = metrics
         # Kept by reference: channels register their senders after the gateway has built this.
         self._senders = senders
@@ -128,13 +131,13 @@ class Delivery:
     async def _deliver(self, stored: StoredCommand) -> None:
         command = commands.Command(ce_id=stored.ce_id, ce_type=stored.ce_type, reference=stored.reference, data=stored.data)
         kind = command.kind
-        route = await self._spool.route(command.reference)
+        route = await self._conversations.route(command.reference)
         target: Target | None = None
         try:
             if route is None:
                 raise Undeliverable("the complaint's route is no longer kept (past outbound.route_retention_days)")
             target = self._target(route, kind)
-            message = self._compose(command, target)
+            message = self._compose(command, target, own=route.channel)
             sender = self._senders[target.via]
             delivered = await sender.deliver(message)
         except (Undeliverable, Rejected) as error:
@@ -197,13 +200,15 @@ class Delivery:
         order += [name for name in ("email", "sms") if name != preferred]
         return [choice for name in order if (choice := by[name]) is not None]
 
-    def _compose(self, command: commands.Command, target: Target) -> OutboundMessage:
+    def _compose(self, command: commands.Command, target: Target, *, own: str) -> OutboundMessage:
         data = command.data
         locale = data.get("locale") or target.route.locale
         survey = None
         status = None
         if command.kind == "message":
-            text = texts.compose_message(command.reference, data["text"], locale)
+            # A reply reaches us where the complaint came in on a channel that carries replies and goes out on one.
+            replyable = own in REPLYABLE and target.via in REPLYABLE
+            text = texts.compose_message(command.reference, data["text"], locale, replyable=replyable)
             status = data.get("status")
         elif command.kind == "status":
             status = data["status"]

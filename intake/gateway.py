@@ -44,8 +44,9 @@ from intake.reception import Reception
 from intake.requests import CustomerRequests
 from intake.replies import Replies, ReplySender
 from intake.spool import Spool
+from intake.conversations import SharedConversations
 from intake.supervisor import Component, Supervisor
-from intake.twoway import OutboundSender
+from intake.twoway import Conversations, OutboundSender
 from intake.workers import spools_beyond, worker_spool_path
 
 log = logging.getLogger("intake.gateway")
@@ -206,12 +207,34 @@ class Gateway:
         self.outbound_senders: dict[str, OutboundSender] = {}
         self.outbound: OutboundConsumer | None = None
         self.delivery: Delivery | None = None
-        # One consumer per gateway, in worker 0, like the pull channels. Its routes are worker 0's spool's: with
-        # several workers, a command for a complaint another worker took in is refused as unknown (see the README).
+        # What every worker's spool knows of a complaint's conversation, read as one: a complaint taken in by one
+        # worker is answered, asked about and surveyed through any other (intake.conversations).
+        self.conversations: Conversations = self.spool
+        if workers > 1:
+            others = [worker_spool_path(settings.spool.path, i) for i in range(workers) if i != worker]
+            self.conversations = SharedConversations(self.spool, [*others, *spools_beyond(settings.spool.path, workers)])
+        self.reception.conversations = self.conversations
+        # One consumer per gateway, in worker 0, like the pull channels; its commands and their statuses and
+        # surveys are kept in worker 0's spool, the routes found wherever they are.
         if outbound.enabled and worker == 0:
-            self.outbound = OutboundConsumer(self.spool, self.metrics, kafka, source=settings.source, consumer_factory=consumer_factory, clock=clock)
+            self.outbound = OutboundConsumer(
+                self.spool,
+                self.metrics,
+                kafka,
+                source=settings.source,
+                consumer_factory=consumer_factory,
+                clock=clock,
+                routes=self.conversations.route if workers > 1 else None,
+            )
             self.delivery = Delivery(
-                self.spool, self.metrics, self.outbound_senders, outbound, topic=kafka.topic, source=settings.source, clock=clock
+                self.spool,
+                self.metrics,
+                self.outbound_senders,
+                outbound,
+                topic=kafka.topic,
+                source=settings.source,
+                clock=clock,
+                conversations=self.conversations,
             )
             self.supervisor.add(self.delivery)
             self.supervisor.add(self.outbound)
@@ -256,15 +279,15 @@ class Gateway:
             )
             self._add_channel_routes("web_form", web_form.routes())
         # Two-way (issue 10): status requests and survey answers among messages, the /status and /survey pages.
-        # The spool is the Conversations; the survey links' key is kept beside it, shared by every worker.
+        # Over every worker's spool (self.conversations); the survey links' key is kept beside it, shared by every worker.
         self.survey_links = SurveyLinks.kept_beside(settings.spool.path, settings.http.public_base_url)
         if self.delivery is not None:
             self.delivery.survey_links = self.survey_links
         self.reception.requests = CustomerRequests(
-            self.spool, topic=kafka.topic, source=settings.source, default_locale=settings.acknowledgement.default_locale
+            self.conversations, topic=kafka.topic, source=settings.source, default_locale=settings.acknowledgement.default_locale
         )
         status_page = StatusPage(
-            self.spool,
+            self.conversations,
             links=self.survey_links,
             metrics=self.metrics,
             topic=kafka.topic,
@@ -305,9 +328,8 @@ class Gateway:
                 self.attachments,
                 public_base_url=settings.http.public_base_url,
                 clock=clock,
-                # Survey presses are recorded in the spool once it keeps conversations (intake.twoway.Conversations);
-                # until then they are answered and ignored.
-                conversations=self.spool,
+                # Survey presses are recorded where the survey's answers are (intake.conversations).
+                conversations=self.conversations,
                 metrics=self.metrics,
                 topic=settings.kafka.topic,
                 source=settings.source,
@@ -372,6 +394,8 @@ class Gateway:
         await self.supervisor.stop(timeout=self.settings.shutdown_grace_seconds + 5)
         if self.twilio_sender is not None:  # after every loop that sends through it has stopped
             await self.twilio_sender.close()
+        if isinstance(self.conversations, SharedConversations):
+            self.conversations.close()
         await self.spool.close()
         for spool in self.left_spools:
             await spool.close()

@@ -20,7 +20,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -32,6 +33,7 @@ from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
 from intake.pause import pause
 from intake.spool import CommandIntake, Spool
+from intake.twoway import Route
 
 log = logging.getLogger("intake.outbound")
 
@@ -66,8 +68,11 @@ class OutboundConsumer:
         first_retry: float = 0.5,
         max_retry: float = 30.0,
         clock: Callable[[], float] = time.time,
+        routes: Callable[[str], Awaitable[Route | None]] | None = None,
     ) -> None:
         self._spool = spool
+        # With several workers: where a reference another worker took in is found (intake.conversations).
+        self._routes = routes
         self._metrics = metrics
         self._kafka = kafka
         self._source = source
@@ -150,7 +155,7 @@ class OutboundConsumer:
         """Into the spool, however long the spool takes to come back; None if the gateway stops first."""
         while True:
             try:
-                outcomes = await self._spool.store_commands(intakes)
+                outcomes = await self._spool.store_commands(await self._with_routes(intakes))
             except TemporaryFailure as error:
                 self.error = f"spool: {str(error)[:300]}"
                 await pause(self._stopping, 1.0)
@@ -159,6 +164,17 @@ class OutboundConsumer:
                 continue
             self.error = None
             return outcomes
+
+    async def _with_routes(self, intakes: list[CommandIntake]) -> list[CommandIntake]:
+        """Each valid command with the route the other workers' spools hold for its reference, if any."""
+        if self._routes is None:
+            return intakes
+        found = []
+        for item in intakes:
+            if item.data is not None and item.reference is not None:
+                item = replace(item, route=await self._routes(item.reference))
+            found.append(item)
+        return found
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         # A partition taken away meanwhile is not ours to commit: its next owner gets the records again

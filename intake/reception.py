@@ -35,7 +35,7 @@ from intake.feedback import observe as observe_feedback
 from intake.i18n import negotiate
 from intake.metrics import Metrics
 from intake.spool import Event, FollowUp, Reply, Spool, Submission
-from intake.twoway import CustomerRequests, Interception, Route
+from intake.twoway import REPLYABLE, Conversations, CustomerRequests, Interception, Route
 from normalizer.errors import InvalidMessage
 from normalizer.record import Channel, Complaint
 from normalizer.reference import complaint_id, reference_for, spool_key
@@ -49,7 +49,6 @@ log = logging.getLogger("intake.reception")
 AckMode = Literal["inline", "reply", "none"]
 # Channels on which a reply to our acknowledgement reaches us again; elsewhere (a web page, a partner's screen) the
 # acknowledgement must not invite one.
-_REPLYABLE = frozenset({"email", "sms", "mms", "whatsapp", "telegram"})
 # Channels whose replies thread under one message: a follow-up there is the newest message to answer under.
 _THREADED = frozenset({"email", "telegram"})
 ReplyPayload = Callable[[Complaint, Acknowledgement], dict[str, Any]]
@@ -100,6 +99,8 @@ class Reception:
         self.replayers: dict[str, Replayer] = {}
         # Status questions and survey answers, told apart from complaints (intake.twoway); wired by the gateway's owner.
         self.requests: CustomerRequests | None = None
+        # Where the route of a complaint followed up is looked up: the spool, or every worker's (intake.conversations).
+        self.conversations: Conversations = spool
 
     def normalize_later(self, channel: str, normalizer: LaterNormalizer) -> None:
         """How ``channel``'s messages taken in by ``receive_later`` are normalised from the inbox."""
@@ -147,7 +148,7 @@ class Reception:
             response_days=self._ack.response_days,
             organisation=self._ack.organisation,
             follow_up=complaint.follows_up is not None,
-            replyable=complaint.channel in _REPLYABLE,
+            replyable=complaint.channel in REPLYABLE,
         )
 
     def acknowledged_event(self, *, complaint: Complaint | None = None, payload: dict[str, Any] | None = None, sent_at: dt.datetime, failed: str | None = None) -> Event:
@@ -236,7 +237,7 @@ class Reception:
             submission.reference, submission.raw_digest = reference_for(channel, channel_message_id), hashlib.sha256(raw).hexdigest()
         interception = None
         if self.requests is not None and not complaint.flags.automated:
-            followed = await self.spool.route(complaint.follows_up) if complaint.follows_up else None
+            followed = await self.conversations.route(complaint.follows_up) if complaint.follows_up else None
             interception = await self.requests.intercept(complaint, followed)
         if interception is not None:
             acknowledgement = None if ack == "none" else interception.answer

@@ -311,7 +311,7 @@ class CommandIntake:
 
     ``dedupe_id`` is its ce_id (or, without one, where it was read): a record seen again is stored once.
     A valid command for a reference with no conversation here is refused in the same transaction,
-    with ``unknown_reference`` built by the caller."""
+    with ``unknown_reference`` built by the caller, unless the caller found its ``route`` in another spool."""
 
     dedupe_id: str
     reference: str | None
@@ -319,6 +319,7 @@ class CommandIntake:
     data: dict[str, Any] | None  # None: refused
     rejection: Event | None = None  # the dead-letter event for a refused one
     unknown_reference: Event | None = None  # the dead-letter event should the reference be unknown
+    route: Route | None = None  # the route another worker's spool holds for the reference, when this one has none
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,75 @@ class Receipt:
     duplicate: bool
     same_content: bool
     answer: dict[str, Any]
+
+
+# --- conversation queries, shared with intake.conversations (which runs them on other workers' spools too) ----
+
+
+@dataclass(frozen=True)
+class RouteRow:
+    route: Route
+    created_at: float
+
+
+@dataclass(frozen=True)
+class SurveyRow:
+    """A survey as one spool holds it; ``*_at``: when that part was answered there (None: not there)."""
+
+    survey_id: str
+    reference: str
+    channel: str
+    nps: bool
+    comment: bool
+    asked_at: float
+    score_at: float | None
+    nps_at: float | None
+    comment_at: float | None
+
+
+def route_row(conn: sqlite3.Connection, reference: str) -> RouteRow | None:
+    row = conn.execute(
+        "SELECT channel, address, locale, last_inbound_at, contacts, created_at FROM conversation WHERE reference = ?", (reference,)
+    ).fetchone()
+    if row is None:
+        return None
+    route = Route(channel=row[0], address=json.loads(row[1]), locale=row[2], last_inbound_at=row[3], contacts=json.loads(row[4]))
+    return RouteRow(route=route, created_at=row[5])
+
+
+def status_view(conn: sqlite3.Connection, reference: str) -> StatusView | None:
+    row = conn.execute("SELECT status, status_text, status_at FROM conversation WHERE reference = ?", (reference,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return StatusView(reference=reference, status=row[0], text=row[1], updated_at=row[2])
+
+
+def survey_rows(conn: sqlite3.Connection, reference: str) -> list[SurveyRow]:
+    rows = conn.execute(
+        "SELECT survey_id, reference, channel, nps, comment, asked_at, score_at, nps_at, comment_at FROM survey WHERE reference = ?",
+        (reference,),
+    ).fetchall()
+    return [SurveyRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+
+
+def answer_seen(conn: sqlite3.Connection, survey_id: str, answer_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM feedback WHERE survey_id = ? AND answer_id = ?", (survey_id, answer_id)).fetchone() is not None
+
+
+def open_survey_of(rows: list[SurveyRow]) -> Survey | None:
+    """The newest survey asked, with what is still to be answered, from its rows in one spool or several."""
+    if not rows:
+        return None
+    newest = max(rows, key=lambda row: row.asked_at).survey_id
+    mine = [row for row in rows if row.survey_id == newest]
+    # What was asked is the asking spool's row; rows without a channel only record answers given on another worker.
+    asked = next((row for row in mine if row.channel), mine[0])
+    scored = any(row.score_at is not None for row in mine)
+    nps = asked.nps and all(row.nps_at is None for row in mine)
+    comment = asked.comment and all(row.comment_at is None for row in mine)
+    if scored and not nps and not comment:
+        return None
+    return Survey(survey_id=newest, nps=nps, comment=comment)
 
 
 @dataclass(frozen=True)
@@ -1268,6 +1338,13 @@ class Spool:
         ).rowcount
         if not inserted:
             return False
+        # A survey another worker's spool asked (intake.conversations): kept here as a row of its own, with no channel,
+        # so that what this answer answers is known here too.
+        conn.execute(
+            "INSERT INTO survey (survey_id, reference, channel, nps, comment, asked_at) VALUES (?, ?, '', 0, 0, ?)"
+            " ON CONFLICT (survey_id) DO NOTHING",
+            (feedback.survey_id, feedback.reference, at),
+        )
         conn.execute(
             "UPDATE survey SET answered_at = coalesce(answered_at, ?),"
             " score_at = CASE WHEN ? THEN coalesce(score_at, ?) ELSE score_at END,"
@@ -1280,39 +1357,15 @@ class Spool:
 
     async def route(self, reference: str) -> Route | None:
         """The route recorded for a complaint, or None for a reference this spool never received."""
-
-        def query(conn: sqlite3.Connection) -> Route | None:
-            row = conn.execute(
-                "SELECT channel, address, locale, last_inbound_at, contacts FROM conversation WHERE reference = ?", (reference,)
-            ).fetchone()
-            if row is None:
-                return None
-            return Route(channel=row[0], address=json.loads(row[1]), locale=row[2], last_inbound_at=row[3], contacts=json.loads(row[4]))
-
-        return await self._read(query)
+        row = await self._read(lambda conn: route_row(conn, reference))
+        return None if row is None else row.route
 
     async def _complaint_status(self, reference: str) -> StatusView | None:
-        row = await self._read(
-            lambda c: c.execute("SELECT status, status_text, status_at FROM conversation WHERE reference = ?", (reference,)).fetchone()
-        )
-        if row is None or row[0] is None:
-            return None
-        return StatusView(reference=reference, status=row[0], text=row[1], updated_at=row[2])
+        return await self._read(lambda conn: status_view(conn, reference))
 
     async def open_survey(self, reference: str) -> Survey | None:
         """The newest survey asked and not fully answered: ``nps`` / ``comment`` say what is still to be answered."""
-
-        def query(conn: sqlite3.Connection) -> Survey | None:
-            row = conn.execute(
-                "SELECT survey_id, nps AND nps_at IS NULL, comment AND comment_at IS NULL, score_at FROM survey"
-                " WHERE reference = ? ORDER BY asked_at DESC LIMIT 1",
-                (reference,),
-            ).fetchone()
-            if row is None or (row[3] is not None and not row[1] and not row[2]):
-                return None
-            return Survey(survey_id=row[0], nps=bool(row[1]), comment=bool(row[2]))
-
-        return await self._read(query)
+        return open_survey_of(await self._read(lambda conn: survey_rows(conn, reference)))
 
     async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
         """Store an answer and its ``intake.feedback.received.v1`` event in one transaction; False if ``answer_id`` came before."""
@@ -1340,7 +1393,10 @@ class Spool:
                     continue
                 rejection = item.rejection
                 if item.data is not None and conn.execute("SELECT 1 FROM conversation WHERE reference = ?", (item.reference,)).fetchone() is None:
-                    rejection = item.unknown_reference
+                    if item.route is None:
+                        rejection = item.unknown_reference
+                    else:  # taken in by another worker: kept here, where its statuses and surveys will be
+                        self._record_route(conn, item.reference, item.route, now)
                 state = "pending" if rejection is None else "rejected"
                 # A refused command keeps no data: only its id, so that a redelivery is not refused twice.
                 conn.execute(

@@ -97,12 +97,19 @@ class _Writer:
         )
 
 
-def compose_message(reference: str, message: str, locale: str) -> Acknowledgement:
-    """A message from the team handling the complaint: their words, with the reference to quote."""
+def compose_message(reference: str, message: str, locale: str, *, replyable: bool = True) -> Acknowledgement:
+    """A message from the team handling the complaint: their words, with the reference to quote.
+
+    ``replyable`` says whether a reply to it reaches us; where it does not (a partner's screen), the message
+    does not invite one.
+    """
     _ = _Writer(locale)
     shown = _.reference(reference)
     subject = _("Your complaint [{reference}]", reference=shown)
-    quote = _("To answer, reply to this message. Your reference is {reference}.", reference=shown)
+    if replyable:
+        quote = _("To answer, reply to this message. Your reference is {reference}.", reference=shown)
+    else:
+        quote = _("Your reference is {reference}.", reference=shown)
     return _.compose(subject, [message.strip(), quote])
 
 

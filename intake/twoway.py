@@ -36,6 +36,9 @@ CommandKind = Literal["message", "status", "survey"]
 # The channels a complaint can be answered on; a complaint's own channel, or a contact's.
 Via = Literal["email", "sms", "mms", "whatsapp", "telegram", "webhook"]
 
+# The channels on which a customer's reply to what we send reaches us (not a web page, not a partner's screen).
+REPLYABLE = frozenset({"email", "sms", "mms", "whatsapp", "telegram"})
+
 
 @dataclass(frozen=True)
 class Route:

@@ -15,14 +15,14 @@ import jsonschema
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from intake import commands, events
+from intake import commands, events, texts
 from intake.acknowledgement import Acknowledgement
 from intake.errors import TemporaryFailure
 from intake.gateway import Gateway
 from intake.twoway import Delivered, Feedback, Interception, OutboundMessage, Route
 from normalizer.record import Complaint
 from normalizer.reference import parse_reference
-from tests.support.gateway import complaint_body, post_complaint, running, settings
+from tests.support.gateway import complaint_body, free_port, post_complaint, running, settings
 from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, email_settings, smtp_send
 from tests.support.telegram_api import TOKEN, TelegramApi, message, user
 from tests.support.topic import Record, read_topic, wait_for
@@ -225,6 +225,73 @@ async def test_a_command_stored_but_not_sent_when_the_gateway_stops_is_sent_once
     assert [r.data["command_id"] for r in outcomes(main)] == ["cmd-restart"]
 
 
+async def test_a_gateway_killed_between_consuming_a_command_and_sending_it_sends_it_once_after_restart(tmp_path: Path, kafka, topic):
+    """kill -9 of a real ``intake serve``: the command was consumed, stored and its offset committed, the partner had
+    not taken it yet. After the restart it is sent from the spool, once; the topic does not give it again."""
+    from tests.support.gateway import GatewayProcess, free_port
+    from tests.test_outbound_channels import CALLBACK_SECRET, PARTNER_SECRET, partner_endpoint
+
+    async with partner_endpoint() as partner:
+        partner.answers = [(503, {"Retry-After": "0"})] * 1000  # first life: the partner is down, every try is refused
+        port = free_port()
+        config = tmp_path / "intake.toml"
+        config.write_text(
+            f"""
+log_format = "text"
+[http]
+port = {port}
+[spool]
+path = "{tmp_path / 'spool.sqlite3'}"
+[kafka]
+bootstrap_servers = "{kafka.bootstrap}"
+topic = "{topic}"
+dead_letter_topic = "{topic}.dead-letter"
+outbound_topic = "{topic}.outbound"
+[outbound]
+retry_first_seconds = 0.2
+retry_max_seconds = 0.5
+[webhook.partners.acme]
+secrets = ["{PARTNER_SECRET}"]
+callback_url = "{partner.url}"
+callback_secrets = ["{CALLBACK_SECRET}"]
+"""
+        )
+        gateway = GatewayProcess(config, port)
+        gateway.start()
+        try:
+            await gateway.wait_healthy(timeout=60)
+            async with aiohttp.ClientSession() as http:
+                status, answer = await post_complaint(http, gateway.base, complaint_body(), "kill-outbound")
+            assert status == 202
+            reference = answer["reference"]
+            await produce(kafka.bootstrap, f"{topic}.outbound", [command("message", reference, text="Your refund is on its way.", ce_id="cmd-kill")])
+            # Consumed and stored: the gateway is trying to send it, and the partner refuses.
+            await wait_for(lambda: _true(len(partner.received) >= 2), timeout=60)
+        finally:
+            gateway.kill()
+        refused = len(partner.received)
+        partner.answers = []  # second life: the partner takes what it is given
+
+        gateway.start()
+        try:
+            await gateway.wait_healthy(timeout=60)
+            await wait_for(lambda: _true(len(partner.received) > refused), timeout=60)
+            main = await read_topic(kafka.bootstrap, topic, expect=3, timeout=30, settle=3)
+        finally:
+            assert gateway.terminate() == 0, gateway.log.read_text()[-2000:]
+    taken = partner.received[refused:]
+    assert len(taken) == 1, "sent again after it was taken"
+    # Every try, before and after the kill, is the same delivery to the partner: one Idempotency-Key, the command's.
+    assert {r["key"] for r in partner.received} == {"cmd-kill"} and all(r["verified"] for r in partner.received)
+    body = taken[0]["body"]
+    assert body["reference"] == reference and body["text"].startswith("Your refund is on its way.")
+    # Read on the partner's screen, where a reply does not reach us: it does not ask for one (here in Polish, the locale given).
+    assert body["text"].endswith(texts.compose_message(reference, "x", "pl", replyable=False).text.split("\n\n")[-1])
+    assert texts.compose_message(reference, "x", "pl").text.split("\n\n")[-1] not in body["text"]
+    [outcome] = outcomes(main)
+    assert outcome.headers["ce_type"] == events.REPLY_DELIVERED and outcome.data["command_id"] == "cmd-kill"
+
+
 async def test_a_web_form_complaint_is_answered_by_its_preferred_contact(tmp_path: Path, kafka, topic):
     config = settings(tmp_path, kafka.bootstrap, topic, web_form={"enabled": True}, attachments={"directory": str(tmp_path / "a")})
     email, sms = RecordingSender(), RecordingSender()
@@ -244,6 +311,60 @@ async def test_a_web_form_complaint_is_answered_by_its_preferred_contact(tmp_pat
     assert email.delivered == [] and sms.delivered[0].route.address == {"to": "+48601234567"}
     [outcome] = outcomes(main)
     assert (outcome.data["channel"], outcome.data["route_channel"]) == ("sms", "web")
+
+
+# --- several workers ----------------------------------------------------------------
+
+
+async def test_a_complaint_another_worker_took_in_is_answered_asked_about_and_surveyed(tmp_path: Path, kafka, topic):
+    """Two workers of one gateway (``intake serve --workers 2``), each with its spool: worker 1 took the complaint in;
+    worker 0 consumes the commands. The route, the status and the survey are found across the two spools."""
+    first = outbound_settings(tmp_path, kafka, topic)
+    other = first.model_copy(update={"http": first.http.model_copy(update={"port": free_port()})})
+    sender = RecordingSender()
+    async with (
+        running(first, prepare=lambda zero: zero.outbound_senders.update(webhook=sender), worker=0, workers=2) as (zero, _),
+        running(other, worker=1, workers=2) as (one, base_one),
+        aiohttp.ClientSession() as http,
+    ):
+        assert one.outbound is None and zero.outbound is not None  # the commands are worker 0's alone
+        customer = {"customer_id": "c-77", "locale": "de"}
+        body = complaint_body("Mein Paket kam beschädigt an.", complainant=customer)
+        reference = (await post_complaint(http, base_one, body, "worker-1"))[1]["reference"]
+        assert await zero.spool.route(reference) is None  # worker 0's own spool never saw it
+        await produce(
+            kafka.bootstrap,
+            first.kafka.outbound_topic,
+            [
+                command("message", reference, text="Wir prüfen das.", ce_id="cmd-w-message"),
+                command("status", reference, status="in_progress", text="Erstattung beantragt.", ce_id="cmd-w-status"),
+                command("survey", reference, nps=False, comment=False, ce_id="cmd-w-survey"),
+            ],
+        )
+        await wait_for(lambda: _true(len(sender.delivered) == 3), timeout=30)
+        assert [m.command_id for m in sender.delivered] == ["cmd-w-message", "cmd-w-status", "cmd-w-survey"]
+        assert {m.route.address["customer_id"] for m in sender.delivered} == {"c-77"}
+        assert all(m.locale == "de" for m in sender.delivered)
+
+        # The customer asks worker 1, which holds the route but not the status: the status is worker 0's.
+        status, asked = await post_complaint(http, base_one, complaint_body("Status", follows_up=reference, complainant=customer), "worker-1-status")
+        assert status == 202
+        expected = texts.compose_status(reference, "in_progress", "de", text="Erstattung beantragt.")
+        assert asked["acknowledgement"]["text"] == expected.text
+
+        # The answer to worker 0's survey, given through worker 1, closes it for both.
+        assert await one.conversations.open_survey(reference) is not None
+        status, _ = await post_complaint(http, base_one, complaint_body("5", follows_up=reference, complainant=customer), "worker-1-answer")
+        assert status == 202
+        assert await zero.spool.open_survey(reference) is not None  # worker 0's own rows alone would still ask
+        assert await zero.conversations.open_survey(reference) is None
+        assert await one.conversations.open_survey(reference) is None
+        records = await read_topic(kafka.bootstrap, topic, expect=6, timeout=30, settle=2)
+        dead = await read_topic(kafka.bootstrap, first.kafka.dead_letter_topic, expect=1, timeout=2)
+    assert dead == []
+    assert sorted(r.data["command_id"] for r in outcomes(records)) == ["cmd-w-message", "cmd-w-status", "cmd-w-survey"]
+    [feedback] = [r for r in records if r.headers["ce_type"] == events.FEEDBACK_RECEIVED]
+    assert (feedback.data["reference"], feedback.data["score"], feedback.data["survey_id"]) == (reference, 5, "cmd-w-survey")
 
 
 # --- routes, on every channel ----------------------------------------------------

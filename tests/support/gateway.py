@@ -49,10 +49,13 @@ def settings(tmp: Path, bootstrap: str, topic: str, **overrides: Any) -> Setting
 
 
 @contextlib.asynccontextmanager
-async def running(config: Settings, *, prepare: Callable[[Gateway], None] | None = None) -> AsyncIterator[tuple[Gateway, str]]:
+async def running(
+    config: Settings, *, prepare: Callable[[Gateway], None] | None = None, worker: int = 0, workers: int = 1
+) -> AsyncIterator[tuple[Gateway, str]]:
     """A gateway serving HTTP on its configured port; yields it and its base URL. ``prepare`` sees it before it starts
-    (to register a sender, as channels do while the gateway is built)."""
-    gateway = Gateway(config)
+    (to register a sender, as channels do while the gateway is built). ``worker`` of ``workers``: one worker of
+    ``intake serve --workers``, in this process, on the port configured."""
+    gateway = Gateway(config, worker=worker, workers=workers)
     if prepare is not None:
         prepare(gateway)
     await gateway.start()
