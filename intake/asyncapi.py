@@ -1,7 +1,7 @@
 """The contract with downstream consumers as an AsyncAPI 3.0 document: the topics, the CloudEvents headers, the payloads.
 
 Built from the configuration (topic names, brokers, partitions) and the JSON
-Schemas shipped in ``normalizer/schema``, so the document a consumer reads is
+Schemas shipped in ``intake/normalizer/schema``, so the document a consumer reads is
 the one this gateway runs with; ``intake asyncapi`` prints it.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from intake import commands, events
 from intake.config import Settings
-from normalizer.reference import REFERENCE_PATTERN
+from intake.normalizer.reference import REFERENCE_PATTERN
 
 # JSON Schema 2020-12, which the shipped schemas are written in (AsyncAPI 3 takes any format that names itself).
 _SCHEMA_FORMAT = "application/schema+json;version=2020-12"
@@ -21,7 +21,7 @@ _KAFKA_BINDING = "0.5.0"
 
 
 def _shipped(name: str) -> dict[str, Any]:
-    return json.loads(files("normalizer").joinpath(f"schema/{name}").read_text(encoding="utf-8"))
+    return json.loads(files("intake.normalizer").joinpath(f"schema/{name}").read_text(encoding="utf-8"))
 
 
 def _headers(types: list[str], dataschema: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import unicodedata
 from pathlib import Path
 
 from intake.errors import Rejected, TemporaryFailure
-from normalizer.record import Attachment
+from intake.normalizer.record import Attachment
 
 _UNSAFE = re.compile(r"[^\w.\- ()\[\]]+", re.UNICODE)
 

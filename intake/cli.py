@@ -57,7 +57,7 @@ def _schema(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
     name = {"record": "complaint.v1.json", "command": "command.v1.json", "reply-outcome": "reply-outcome.v1.json"}[args.which]
-    sys.stdout.write(files("normalizer").joinpath(f"schema/{name}").read_text(encoding="utf-8"))
+    sys.stdout.write(files("intake.normalizer").joinpath(f"schema/{name}").read_text(encoding="utf-8"))
     return 0
 
 

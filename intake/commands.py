@@ -21,8 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.json_schema import models_json_schema
 
 from intake.twoway import CommandKind, Status
-from normalizer.record import BCP47_PATTERN, Reference
-from normalizer.reference import REFERENCE_PATTERN
+from intake.normalizer.record import BCP47_PATTERN, Reference
+from intake.normalizer.reference import REFERENCE_PATTERN
 
 SCHEMA_ID = "urn:intake:schema:command:v1"
 MESSAGE = "intake.command.message.v1"
@@ -184,7 +184,7 @@ def parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, b
 
 
 def json_schema() -> dict[str, Any]:
-    """The commands' JSON Schema (draft 2020-12), as shipped in normalizer/schema/command.v1.json."""
+    """The commands' JSON Schema (draft 2020-12), as shipped in intake/normalizer/schema/command.v1.json."""
     _, definitions = models_json_schema([(model, "validation") for model in MODELS.values()], ref_template="#/$defs/{model}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

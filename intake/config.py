@@ -24,10 +24,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from channels.email import EmailConfig
-from channels.telegram import TelegramConfig
-from channels.twilio import TwilioConfig
-from channels.web_form import WebFormConfig
+from intake.channels.email import EmailConfig
+from intake.channels.telegram import TelegramConfig
+from intake.channels.twilio import TwilioConfig
+from intake.channels.web_form import WebFormConfig
 from intake.twoway import Status
 
 

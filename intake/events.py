@@ -15,7 +15,7 @@ from typing import Any
 
 from intake.spool import Event
 from intake.twoway import Feedback
-from normalizer.record import SCHEMA_ID, Complaint
+from intake.normalizer.record import SCHEMA_ID, Complaint
 
 SPECVERSION = "1.0"
 COMPLAINT_RECEIVED = "intake.complaint.received.v1"

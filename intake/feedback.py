@@ -4,7 +4,7 @@ An email survey carries one link per score, ``{public_base_url}/survey/<token>?s
 The token names the survey, the complaint and the language, and when it expires;
 an HMAC-SHA256 over it means nobody can make one up for a survey they were not
 sent. Opening a link never records anything (mail scanners open links); the page
-it shows does, when the customer sends it (``channels.status_page``).
+it shows does, when the customer sends it (``intake.channels.status_page``).
 """
 
 from __future__ import annotations

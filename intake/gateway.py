@@ -18,15 +18,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from channels import email as email_channel
-from channels.email.imap import MailboxWatcher
-from channels.email.smtp import SmtpListener
-from channels.status_page import StatusPage, StatusPageConfig
-from channels.telegram import TelegramChannel
-from channels.twilio import VIAS as TWILIO_VIAS
-from channels.twilio import TwilioChannel, TwilioSender
-from channels.web_form import WebFormChannel
-from channels.webhook import PartnerCallbackSender, WebhookChannel
+from intake.channels import email as email_channel
+from intake.channels.email.imap import MailboxWatcher
+from intake.channels.email.smtp import SmtpListener
+from intake.channels.status_page import StatusPage, StatusPageConfig
+from intake.channels.telegram import TelegramChannel
+from intake.channels.twilio import VIAS as TWILIO_VIAS
+from intake.channels.twilio import TwilioChannel, TwilioSender
+from intake.channels.web_form import WebFormChannel
+from intake.channels.webhook import PartnerCallbackSender, WebhookChannel
 from intake.attachments import AttachmentStore
 from intake.config import Settings
 from intake import topics

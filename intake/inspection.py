@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from normalizer.reference import parse_reference
+from intake.normalizer.reference import parse_reference
 
 # Context fields that name no person: safe to show without being asked.
 _IMPERSONAL_CONTEXT = frozenset({"via", "partner", "mode", "mailbox", "folder", "uid", "endpoint", "bot"})

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from normalizer.errors import FieldError
+from intake.normalizer.errors import FieldError
 
 MEDIA_TYPE = "application/problem+json"
 # Relative type URIs resolve against the gateway's own URL; README.md documents each.

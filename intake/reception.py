@@ -36,9 +36,9 @@ from intake.i18n import negotiate
 from intake.metrics import Metrics
 from intake.spool import Event, FollowUp, Reply, Spool, Submission
 from intake.twoway import REPLYABLE, Conversations, CustomerRequests, Interception, Route
-from normalizer.errors import InvalidMessage
-from normalizer.record import Channel, Complaint
-from normalizer.reference import complaint_id, reference_for, spool_key
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Channel, Complaint
+from intake.normalizer.reference import complaint_id, reference_for, spool_key
 
 log = logging.getLogger("intake.reception")
 

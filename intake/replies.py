@@ -26,7 +26,7 @@ from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
 from intake.reception import Reception
 from intake.spool import Event, Spool, StoredReply
-from normalizer.reference import complaint_id, reference_for
+from intake.normalizer.reference import complaint_id, reference_for
 from intake.pause import pause
 
 log = logging.getLogger("intake.replies")

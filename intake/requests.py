@@ -29,8 +29,8 @@ from intake.events import _event, feedback_event
 from intake.i18n import negotiate
 from intake.spool import Event
 from intake.twoway import Conversations, Feedback, Interception, Route, Survey
-from normalizer.reference import parse_reference
-from normalizer.record import Complaint
+from intake.normalizer.reference import parse_reference
+from intake.normalizer.record import Complaint
 
 __all__ = [
     "MAX_COMMENT_CHARS",

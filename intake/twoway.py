@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from intake.acknowledgement import Acknowledgement
     from intake.spool import Event
-    from normalizer.record import Complaint
+    from intake.normalizer.record import Complaint
 
 # The statuses a complaint moves through (ISO 10002: received, assessed, responded, closed).
 Status = Literal["received", "in_progress", "responded", "resolved", "closed"]

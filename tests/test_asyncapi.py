@@ -12,7 +12,7 @@ import aiohttp
 import jsonschema
 import pytest
 
-from normalizer.errors import InvalidMessage
+from intake.normalizer.errors import InvalidMessage
 from tests.support.gateway import complaint_body, post_complaint, running, settings
 from tests.support.topic import read_topic
 

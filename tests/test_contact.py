@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from normalizer import contact
-from normalizer.webhook import PartnerComplainant, _e164
+from intake.normalizer import contact
+from intake.normalizer.webhook import PartnerComplainant, _e164
 
 
 def test_the_cached_checks_answer_as_the_normalizer_does():

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from channels.email.inbound import channel_message_id, content_digest
-from normalizer.record import Complaint
+from intake.channels.email.inbound import channel_message_id, content_digest
+from intake.normalizer.record import Complaint
 
 AUTHORED = [
     b"From: Ewa Nowak <ewa@customer.test>",

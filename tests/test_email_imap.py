@@ -13,10 +13,10 @@ import jsonschema
 import pytest
 from imapclient.imapclient import SEEN
 
-from channels.email.imap import MailboxWatcher
+from intake.channels.email.imap import MailboxWatcher
 from intake.gateway import Gateway
-from normalizer.record import json_schema
-from normalizer.reference import parse_reference
+from intake.normalizer.record import json_schema
+from intake.normalizer.reference import parse_reference
 from tests.support.dovecot import Dovecot
 from tests.support.gateway import running
 from tests.support.mail import (

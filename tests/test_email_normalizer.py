@@ -17,9 +17,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from normalizer import email as mail
-from normalizer.errors import InvalidMessage
-from normalizer.record import Attachment, json_schema
+from intake.normalizer import email as mail
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Attachment, json_schema
 
 CORPUS = Path(__file__).parent / "corpus" / "email"
 NOT_MAIL = "not_mail_binary.eml"

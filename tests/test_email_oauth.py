@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from channels.email import EmailLimitsConfig, ImapMailboxConfig, OAuthConfig, RelayConfig
-from channels.email.oauth import AccessTokens, TokenRefused, TokenUnavailable
-from channels.email.reply import AcknowledgementSender
+from intake.channels.email import EmailLimitsConfig, ImapMailboxConfig, OAuthConfig, RelayConfig
+from intake.channels.email.oauth import AccessTokens, TokenRefused, TokenUnavailable
+from intake.channels.email.reply import AcknowledgementSender
 from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
 from tests.support.dovecot import Dovecot

@@ -24,8 +24,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from normalizer import email as mail
-from normalizer.record import json_schema
+from intake.normalizer import email as mail
+from intake.normalizer.record import json_schema
 from tests.support.dovecot import Dovecot
 from tests.support.gateway import running
 from tests.support.mail import email_settings, smtp_data

@@ -16,9 +16,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from normalizer.email import reference_from_message_ids
-from normalizer.reference import parse_reference
-from normalizer.record import json_schema
+from intake.normalizer.email import reference_from_message_ids
+from intake.normalizer.reference import parse_reference
+from intake.normalizer.record import json_schema
 from tests.support.gateway import free_port, running
 from tests.support.mail import (
     CUSTOMER,
@@ -387,8 +387,8 @@ async def test_an_acknowledgement_in_a_right_to_left_language_has_an_rtl_html_al
 
 
 async def test_the_acknowledgement_limit_is_per_address_and_its_window_slides(relay):
-    from channels.email import EmailLimitsConfig, RelayConfig
-    from channels.email.reply import AcknowledgementSender
+    from intake.channels.email import EmailLimitsConfig, RelayConfig
+    from intake.channels.email.reply import AcknowledgementSender
     from intake.errors import Rejected
     from intake.metrics import Metrics
 
@@ -415,8 +415,8 @@ async def test_the_acknowledgement_limit_is_per_address_and_its_window_slides(re
 
 
 async def test_acknowledgements_are_capped_per_domain_and_in_all_and_never_go_to_role_addresses(relay):
-    from channels.email import EmailLimitsConfig, RelayConfig
-    from channels.email.reply import AcknowledgementSender
+    from intake.channels.email import EmailLimitsConfig, RelayConfig
+    from intake.channels.email.reply import AcknowledgementSender
     from intake.errors import Rejected
     from intake.metrics import Metrics
 

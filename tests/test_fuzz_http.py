@@ -34,9 +34,9 @@ from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 from yarl import URL
 
-from channels.telegram import SECRET_HEADER
-from normalizer import telegram, twilio, webhook
-from normalizer.errors import InvalidMessage
+from intake.channels.telegram import SECRET_HEADER
+from intake.normalizer import telegram, twilio, webhook
+from intake.normalizer.errors import InvalidMessage
 from tests.support.fuzz import ANY_CHAR, HOSTILE_TEXT, VALIDATOR, fuzz, json_shapes, mutated, serialised
 from tests.support.gateway import PARTNER, running, settings, signed_headers
 from tests.support.messages import (

@@ -26,10 +26,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from intake.attachments import safe_filename
-from normalizer import email as mail
-from normalizer import telegram, twilio, web_form, webhook
-from normalizer.errors import InvalidMessage
-from normalizer.record import Attachment, Complaint
+from intake.normalizer import email as mail
+from intake.normalizer import telegram, twilio, web_form, webhook
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Attachment, Complaint
 from tests.support.fuzz import (
     ANY_CHAR,
     assert_refusal,

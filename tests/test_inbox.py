@@ -15,7 +15,7 @@ import pytest
 
 from intake.errors import SpoolFull, TemporaryFailure
 from intake.spool import Spool, Submission
-from normalizer import webhook as webhook_normalizer
+from intake.normalizer import webhook as webhook_normalizer
 from tests.support.gateway import complaint_body, running, settings
 from tests.support.topic import of_type, read_topic, wait_for
 

@@ -16,8 +16,8 @@ import pytest
 from intake import logs
 from intake.config import load
 from intake.errors import Rejected, TemporaryFailure
-from normalizer.errors import InvalidMessage
-from normalizer.record import Complaint
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Complaint
 from tests.support.gateway import complaint_body, post_complaint, running, settings
 from tests.support.topic import of_type, read_topic, wait_for
 
@@ -141,7 +141,7 @@ async def _reply_through(gateway, sender: FlakySender, key: str) -> None:
         channel="webhook",
         channel_message_id=key,
         raw=complaint_body(),
-        normalize=lambda: __import__("normalizer.webhook", fromlist=["x"]).to_complaint(
+        normalize=lambda: __import__("intake.normalizer.webhook", fromlist=["x"]).to_complaint(
             complaint_body(), partner="acme", idempotency_key=key, received_at=dt.datetime.now(dt.timezone.utc)
         ),
         received_at=dt.datetime.now(dt.timezone.utc),
@@ -192,7 +192,7 @@ async def test_metrics_and_spool_status_count_per_channel(tmp_path: Path, kafka,
 def test_a_language_without_a_catalog_falls_back_to_the_configured_default():
     from intake.config import AcknowledgementConfig
     from intake.reception import Reception
-    from normalizer import webhook
+    from intake.normalizer import webhook
 
     reception = Reception(
         None, None, topic="t", dead_letter_topic="d", source="urn:t",  # type: ignore[arg-type]

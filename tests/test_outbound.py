@@ -20,8 +20,8 @@ from intake.acknowledgement import Acknowledgement
 from intake.errors import TemporaryFailure
 from intake.gateway import Gateway
 from intake.twoway import Delivered, Feedback, Interception, OutboundMessage, Route
-from normalizer.record import Complaint
-from normalizer.reference import parse_reference
+from intake.normalizer.record import Complaint
+from intake.normalizer.reference import parse_reference
 from tests.support.gateway import complaint_body, free_port, post_complaint, running, settings
 from tests.support.mail import CUSTOMER, OUR_ADDRESS, complaint_mail, email_settings, smtp_send
 from tests.support.telegram_api import TOKEN, TelegramApi, message, user
@@ -32,8 +32,8 @@ from tests.test_telegram import post_update
 from tests.test_twilio import AUTH_TOKEN, OUR_WHATSAPP, PUBLIC, inbound_sms, inbound_whatsapp
 from tests.test_twilio import post as post_twilio
 
-OUTCOME = json.loads(files("normalizer").joinpath("schema/reply-outcome.v1.json").read_text())
-REJECTED = json.loads(files("normalizer").joinpath("schema/command-rejected.v1.json").read_text())
+OUTCOME = json.loads(files("intake.normalizer").joinpath("schema/reply-outcome.v1.json").read_text())
+REJECTED = json.loads(files("intake.normalizer").joinpath("schema/command-rejected.v1.json").read_text())
 
 
 class RecordingSender:
@@ -88,15 +88,15 @@ def outcomes(records: list[Record]) -> list[Record]:
 
 
 def test_the_shipped_command_schema_is_the_one_the_models_generate():
-    shipped = json.loads(files("normalizer").joinpath("schema/command.v1.json").read_text())
-    assert shipped == commands.json_schema(), "run `python -c 'from intake.commands import json_schema_text as t; print(t(), end=\"\")' > normalizer/schema/command.v1.json`"
+    shipped = json.loads(files("intake.normalizer").joinpath("schema/command.v1.json").read_text())
+    assert shipped == commands.json_schema(), "run `python -c 'from intake.commands import json_schema_text as t; print(t(), end=\"\")' > intake/normalizer/schema/command.v1.json`"
 
 
 def test_a_valid_command_parses_and_validates_against_the_shipped_schema():
     key, value, headers = command("message", "C-7K3M-9QXA", text="We will refund you.", attachment_urls=["https://cases.example/d/1.pdf"], status="responded")
     parsed = commands.parse(key, value, headers)
     assert (parsed.kind, parsed.reference, parsed.data["status"]) == ("message", "C-7K3M-9QXA", "responded")
-    jsonschema.validate(json.loads(value), json.loads(files("normalizer").joinpath("schema/command.v1.json").read_text()))
+    jsonschema.validate(json.loads(value), json.loads(files("intake.normalizer").joinpath("schema/command.v1.json").read_text()))
 
 
 @pytest.mark.parametrize(
@@ -457,7 +457,7 @@ async def test_a_request_intercepted_is_stored_answered_and_never_published_as_a
 
 def requests_feedback(reference: str) -> Feedback:
     """The answer the hook recorded with hook-3, as another channel would report it again."""
-    from normalizer.reference import complaint_id
+    from intake.normalizer.reference import complaint_id
 
     return Feedback(reference=reference, survey_id="survey-1", channel="webhook", score=5, answer_id=str(complaint_id("webhook", "acme/hook-3")))
 

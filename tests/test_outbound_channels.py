@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from channels.email import EmailLimitsConfig, RelayConfig
-from channels.email.reply import OutboundEmailSender
-from channels.telegram import SECRET_HEADER, TelegramChannel, TelegramConfig
-from channels.webhook import PartnerCallbackSender
+from intake.channels.email import EmailLimitsConfig, RelayConfig
+from intake.channels.email.reply import OutboundEmailSender
+from intake.channels.telegram import SECRET_HEADER, TelegramChannel, TelegramConfig
+from intake.channels.webhook import PartnerCallbackSender
 from intake.attachments import AttachmentStore
 from intake.config import AcknowledgementConfig, PartnerConfig, SpoolConfig, WebhookConfig
 from intake.errors import Rejected, TemporaryFailure
@@ -33,7 +33,7 @@ from intake.reception import Reception
 from intake.spool import Event, Spool
 from intake.texts import compose_feedback_thanks, compose_message, compose_status, compose_survey
 from intake.twoway import Feedback, OutboundMessage, Route, StatusView, Survey
-from normalizer.email import reference_from_message_ids
+from intake.normalizer.email import reference_from_message_ids
 from tests.support.gateway import free_port
 from tests.support.smtp_relay import CapturingRelay
 from tests.support.telegram_api import TOKEN, Sent, TelegramApi, keyboard, message, user

@@ -9,10 +9,10 @@ from importlib.resources import files
 import jsonschema
 import pytest
 
-from normalizer import webhook
-from normalizer.errors import InvalidMessage
-from normalizer.record import Complaint, json_schema
-from normalizer.reference import REFERENCE_PATTERN, complaint_id, parse_reference, reference_for
+from intake.normalizer import webhook
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Complaint, json_schema
+from intake.normalizer.reference import REFERENCE_PATTERN, complaint_id, parse_reference, reference_for
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -43,8 +43,8 @@ def test_reference_found_in_text_as_customers_type_it():
 
 
 def test_shipped_schema_is_the_one_generated_from_the_type():
-    shipped = json.loads(files("normalizer").joinpath("schema/complaint.v1.json").read_text())
-    assert shipped == json_schema(), "run `intake schema > normalizer/schema/complaint.v1.json` after changing the record"
+    shipped = json.loads(files("intake.normalizer").joinpath("schema/complaint.v1.json").read_text())
+    assert shipped == json_schema(), "run `intake schema > intake/normalizer/schema/complaint.v1.json` after changing the record"
 
 
 def test_partner_json_becomes_a_valid_record():

@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from normalizer import webhook as webhook_normalizer
-from normalizer.reference import complaint_id
+from intake.normalizer import webhook as webhook_normalizer
+from intake.normalizer.reference import complaint_id
 from tests.support.gateway import complaint_body, post_complaint, running, settings
 from tests.support.mail import complaint_mail, email_settings, smtp_send
 from tests.support.topic import of_type, read_topic, wait_for
@@ -74,7 +74,7 @@ async def test_a_webhook_complaint_dead_lettered_by_a_bug_is_published_after_the
 async def test_a_mail_dead_lettered_by_a_bug_is_published_and_acknowledged_after_the_fix(
     tmp_path: Path, kafka, topic, relay, monkeypatch: pytest.MonkeyPatch
 ):
-    from normalizer import email as mail_normalizer
+    from intake.normalizer import email as mail_normalizer
 
     config = email_settings(tmp_path, kafka.bootstrap, topic, relay)
     fixed = mail_normalizer.to_complaint

@@ -21,10 +21,10 @@ from intake.requests import (
     parse_survey_answer,
 )
 from intake.twoway import STATUSES, Route, StatusView, Survey
-from normalizer import telegram as telegram_normalizer
-from normalizer import twilio as twilio_normalizer
-from normalizer.email import record as email_normalizer
-from normalizer.record import Complaint
+from intake.normalizer import telegram as telegram_normalizer
+from intake.normalizer import twilio as twilio_normalizer
+from intake.normalizer.email import record as email_normalizer
+from intake.normalizer.record import Complaint
 from tests.support.conversations import MemoryConversations
 from tests.support.telegram_api import BOT_ID, message, user
 

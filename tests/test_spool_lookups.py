@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from normalizer.errors import InvalidMessage
+from intake.normalizer.errors import InvalidMessage
 from tests.support.gateway import complaint_body, post_complaint, running, settings
 
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from babel.messages.extract import extract_from_file
 from babel.messages.pofile import read_po
 
-from channels.status_page import StatusPage, StatusPageConfig
+from intake.channels.status_page import StatusPage, StatusPageConfig
 from intake import feedback as surveys
 from intake.config import AcknowledgementConfig, HttpConfig
 from intake.feedback import SurveyLinks
@@ -265,7 +265,7 @@ def test_every_message_of_the_pages_is_in_the_template():
     with (ROOT / "intake" / "locale" / "intake.pot").open("rb") as fp:
         template = {message.id for message in read_po(fp) if message.id}
     found = set()
-    for path in [ROOT / "channels" / "status_page.py"]:
+    for path in [ROOT / "intake" / "channels" / "status_page.py"]:
         found |= {message for _, message, _, _ in extract_from_file("python", path)}
     for name in ("status.html", "survey.html"):
         found |= {message for _, message, _, _ in extract_from_file("jinja2.ext:babel_extract", ROOT / "intake" / "templates" / name)}

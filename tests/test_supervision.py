@@ -15,7 +15,7 @@ from intake.errors import TemporaryFailure
 from intake.metrics import Metrics
 from intake.pause import pause
 from intake.supervisor import Supervisor
-from normalizer import webhook as webhook_normalizer
+from intake.normalizer import webhook as webhook_normalizer
 from tests.support.gateway import GatewayProcess, complaint_body, free_port, post_complaint, running, settings
 from tests.support.topic import of_type, read_topic, wait_for
 from tests.test_webhook import metric

@@ -14,11 +14,11 @@ import aiohttp
 import jsonschema
 import pytest
 
-from channels.telegram import SECRET_HEADER, help_text
-from normalizer import telegram as normalize
-from normalizer.errors import InvalidMessage
-from normalizer.record import json_schema
-from normalizer.reference import reference_for
+from intake.channels.telegram import SECRET_HEADER, help_text
+from intake.normalizer import telegram as normalize
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import json_schema
+from intake.normalizer.reference import reference_for
 from tests.support.gateway import GatewayProcess, free_port, running, settings
 from tests.support.raw_http import post_in_two_segments
 from tests.support.telegram_api import BOT_ID, TOKEN, TelegramApi, bot_user, message, photo_sizes, user

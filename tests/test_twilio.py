@@ -22,7 +22,7 @@ from yarl import URL
 from intake.acknowledgement import compose, gsm7_segments
 from intake.config import Settings
 from intake.i18n import SUPPORTED
-from normalizer.record import json_schema
+from intake.normalizer.record import json_schema
 from tests.support.gateway import free_port, running, settings
 from tests.support.topic import Record, of_type, read_topic
 
@@ -540,7 +540,7 @@ async def test_the_acknowledgement_is_twiml_in_the_customers_language_with_the_r
 
 
 def _reference(twiml: str) -> str:
-    from normalizer.reference import parse_reference
+    from intake.normalizer.reference import parse_reference
 
     [message] = messages(twiml)
     reference = parse_reference(message.text or "")

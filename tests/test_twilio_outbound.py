@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from channels.twilio import TwilioConfig, TwilioSender
+from intake.channels.twilio import TwilioConfig, TwilioSender
 from intake.config import Settings, load
 from intake.errors import Rejected, TemporaryFailure
 from intake.twoway import Delivered, OutboundMessage, Route

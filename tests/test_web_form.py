@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from channels.web_form import CsrfTokens, SlidingWindow, WebFormConfig, client_address
+from intake.channels.web_form import CsrfTokens, SlidingWindow, WebFormConfig, client_address
 from intake.config import load
 from intake.i18n import SUPPORTED, language_name
-from normalizer import web_form as normalize
-from normalizer.errors import InvalidMessage
-from normalizer.record import json_schema
+from intake.normalizer import web_form as normalize
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import json_schema
 from tests.support.gateway import free_port, running, settings
 from tests.support.topic import Record, of_type, read_topic, wait_for
 from tests.support.web_form import FormClient, Page, cookie_attributes, png, valid_fields

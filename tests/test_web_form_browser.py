@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, Response, async_playwright
 
-from normalizer.record import json_schema
+from intake.normalizer.record import json_schema
 from tests.support.gateway import running, settings
 from tests.support.topic import Record, of_type, read_topic
 from tests.support.web_form import png

@@ -13,8 +13,8 @@ import aiohttp
 import jsonschema
 import pytest
 
-from channels.webhook import signature
-from normalizer.record import json_schema
+from intake.channels.webhook import signature
+from intake.normalizer.record import json_schema
 from tests.support.gateway import SECRET, GatewayProcess, complaint_body, post_complaint, running, settings, signed_headers
 from tests.support.raw_http import post_in_two_segments
 from tests.support.topic import of_type, read_topic, wait_for
@@ -353,7 +353,7 @@ async def test_a_body_that_arrives_in_two_segments_is_read_whole(tmp_path: Path,
 def test_the_language_of_a_complaint_is_read_from_its_text_not_copied_from_the_locale():
     import datetime as dt
 
-    from normalizer import webhook as webhook_normalizer
+    from intake.normalizer import webhook as webhook_normalizer
 
     def language(body: bytes) -> str | None:
         complaint = webhook_normalizer.to_complaint(body, partner="acme", idempotency_key="k", received_at=dt.datetime.now(dt.timezone.utc))

@@ -148,7 +148,7 @@ async def test_a_spool_of_a_worker_beyond_the_count_is_drained_by_worker_0(tmp_p
 
     from intake.events import complaint_event
     from intake.spool import Spool, Submission
-    from normalizer import webhook as normalizer
+    from intake.normalizer import webhook as normalizer
 
     # What a run with three workers left in worker 2's spool, Kafka having been away.
     left = worker_spool_path(tmp_path / "spool.sqlite3", 2)

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from normalizer.errors import InvalidMessage
-from normalizer.record import Complaint, json_schema
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Complaint, json_schema
 
 # Bounded so that each suite stays within its minute or two on a CI runner of two cores;
 # INTAKE_FUZZ_SCALE=10 (say) makes a longer hunt on a workstation.

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from channels.webhook import signature
+from intake.channels.webhook import signature
 from intake.config import Settings
 from intake.gateway import Gateway
 

@@ -8,7 +8,7 @@ from urllib.parse import quote_from_bytes
 
 from hypothesis import strategies as st
 
-from normalizer import web_form
+from intake.normalizer import web_form
 from tests.support.fuzz import ANY_CHAR, HOSTILE_TEXT, hostile_text
 from tests.support.gateway import complaint_body
 from tests.support.telegram_api import bot_user, message, photo_sizes, user

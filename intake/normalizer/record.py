@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from normalizer.reference import REFERENCE_PATTERN, complaint_id, reference_for, spool_key
+from intake.normalizer.reference import REFERENCE_PATTERN, complaint_id, reference_for, spool_key
 
 SCHEMA_VERSION = 1
 SCHEMA_ID = "urn:intake:schema:complaint:v1"

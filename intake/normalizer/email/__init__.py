@@ -15,10 +15,10 @@ One module per concern, in the order a message goes through them:
 ``record`` (``parse`` and ``to_complaint``).
 """
 
-from normalizer.email.ids import our_message_id, reference_from_message_ids
-from normalizer.email.mime import MailAttachment
-from normalizer.email.record import MEDIA_TYPE, ParsedMail, find_message_id, parse, to_complaint, warm_up
-from normalizer.email.robots import is_role_address
+from intake.normalizer.email.ids import our_message_id, reference_from_message_ids
+from intake.normalizer.email.mime import MailAttachment
+from intake.normalizer.email.record import MEDIA_TYPE, ParsedMail, find_message_id, parse, to_complaint, warm_up
+from intake.normalizer.email.robots import is_role_address
 
 __all__ = [
     "MEDIA_TYPE",

@@ -24,16 +24,16 @@ import logging
 import re
 from typing import Any
 
-from channels.email import EmailConfig
-from channels.email.reply import acknowledgement_payload
+from intake.channels.email import EmailConfig
+from intake.channels.email.reply import acknowledgement_payload
 from intake.acknowledgement import Acknowledgement
 from intake.attachments import AttachmentStore
 from intake.errors import Rejected
 from intake.reception import Outcome, Reception, ReplyPayload
-from normalizer import email as mail
-from normalizer.reference import reference_for
-from normalizer.errors import InvalidMessage
-from normalizer.record import Attachment, Complaint
+from intake.normalizer import email as mail
+from intake.normalizer.reference import reference_for
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Attachment, Complaint
 
 log = logging.getLogger("intake.email")
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from charset_normalizer import from_bytes as detect_charset
 
-from normalizer.language import model as language_model
+from intake.normalizer.language import model as language_model
 
 # Labels that mail clients write and what actually decodes them. Supersets
 # first: a mailer that says gb2312 often sends GBK (a superset), Outlook writes

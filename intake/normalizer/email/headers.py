@@ -9,8 +9,8 @@ import urllib.parse
 from email.message import Message
 from email.utils import getaddresses
 
-from normalizer.email.charsets import decode
-from normalizer.email.text import CONTROLS
+from intake.normalizer.email.charsets import decode
+from intake.normalizer.email.text import CONTROLS
 
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]{1,80})\?([bBqQ])\?([^?]*?)\?=")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")

@@ -7,8 +7,8 @@ import uuid
 from collections.abc import Iterable
 from email.message import Message
 
-from normalizer.email.headers import header_string, raw_value
-from normalizer.reference import REFERENCE_PATTERN
+from intake.normalizer.email.headers import header_string, raw_value
+from intake.normalizer.reference import REFERENCE_PATTERN
 
 # Our acknowledgement's Message-ID carries the reference, so that a reply (whose
 # In-Reply-To / References quote it) finds its complaint on any replica with no

@@ -66,16 +66,16 @@ from intake.problems import problem
 from intake.pause import pause
 from intake.texts import compose_feedback_thanks
 from intake.twoway import Delivered, Feedback, OutboundMessage, Route, Survey
-from normalizer import telegram as normalize
-from normalizer.errors import InvalidMessage
-from normalizer.record import Attachment
+from intake.normalizer import telegram as normalize
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Attachment
 
 if TYPE_CHECKING:  # intake.config imports this module for TelegramConfig
     from intake.acknowledgement import Acknowledgement
     from intake.metrics import Metrics
     from intake.reception import Outcome, Reception
     from intake.twoway import Conversations
-    from normalizer.record import Complaint
+    from intake.normalizer.record import Complaint
 
 log = logging.getLogger("intake.telegram")
 

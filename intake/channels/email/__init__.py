@@ -328,10 +328,10 @@ class EmailChannel:
 def build(settings: Settings, gateway: Gateway) -> EmailChannel:
     """Build the parts ``settings.email`` asks for, on the gateway's spool, reception and attachment store."""
     # Imported here: this module is imported by intake.config, which these import back.
-    from channels.email.imap import MailboxWatcher
-    from channels.email.inbound import Inbound
-    from channels.email.reply import AcknowledgementSender, OutboundEmailSender, RelayConnection
-    from channels.email.smtp import SmtpListener
+    from intake.channels.email.imap import MailboxWatcher
+    from intake.channels.email.inbound import Inbound
+    from intake.channels.email.reply import AcknowledgementSender, OutboundEmailSender, RelayConnection
+    from intake.channels.email.smtp import SmtpListener
 
     config = settings.email
     channel = EmailChannel()

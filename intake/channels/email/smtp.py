@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from intake.errors import TemporaryFailure
-from normalizer import email as mail
+from intake.normalizer import email as mail
 
 if TYPE_CHECKING:
-    from channels.email import SmtpListenerConfig
-    from channels.email.inbound import Inbound
+    from intake.channels.email import SmtpListenerConfig
+    from intake.channels.email.inbound import Inbound
     from intake.metrics import Metrics
 
 log = logging.getLogger("intake.email.smtp")

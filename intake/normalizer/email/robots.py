@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from email.message import Message
 
-from normalizer.email.headers import has_field, header_string, raw_value, raw_values
+from intake.normalizer.email.headers import has_field, header_string, raw_value, raw_values
 
 _OUT_OF_OFFICE_SUBJECT = re.compile(
     r"^\s*(automatic reply|auto(matic)?[- ]?reply|autoreply|auto[- ]response|out of (the )?office|away from (the )?office|"

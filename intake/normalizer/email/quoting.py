@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from normalizer.email.text import CUT, QUOTE_END, QUOTE_START, tidy
+from intake.normalizer.email.text import CUT, QUOTE_END, QUOTE_START, tidy
 
 _ATTRIBUTION = [
     re.compile(pattern, re.IGNORECASE)

@@ -22,9 +22,9 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import ValidationError
 
-from normalizer.bounds import as_invalid_message, load_json, max_length, repair
-from normalizer.errors import FieldError, InvalidMessage, field_errors
-from normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, ContactMethod
+from intake.normalizer.bounds import as_invalid_message, load_json, max_length, repair
+from intake.normalizer.errors import FieldError, InvalidMessage, field_errors
+from intake.normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, ContactMethod
 
 MEDIA_TYPE = "application/json"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from normalizer.errors import FieldError, InvalidMessage, field_errors
+from intake.normalizer.errors import FieldError, InvalidMessage, field_errors
 
 # Real documents nest a few levels (a Telegram Update with a reply to a message
 # about 8, a web form submission 3); the interpreter's stack gives out near 1000.

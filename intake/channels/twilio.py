@@ -70,16 +70,16 @@ from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import SUPPORTED
 from intake.problems import problem
 from intake.twoway import Delivered, OutboundMessage
-from normalizer import twilio as normalize
-from normalizer.errors import InvalidMessage
-from normalizer.record import Attachment
-from normalizer.reference import spool_key
+from intake.normalizer import twilio as normalize
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Attachment
+from intake.normalizer.reference import spool_key
 
 if TYPE_CHECKING:  # at run time the gateway passes them in; importing them here would loop through intake.config
     from intake.attachments import AttachmentStore
     from intake.metrics import Metrics
     from intake.reception import Outcome, Reception, Replayer
-    from normalizer.record import Channel
+    from intake.normalizer.record import Channel
 
 log = logging.getLogger("intake.channels.twilio")
 

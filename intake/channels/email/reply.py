@@ -9,7 +9,7 @@ most ``acknowledgements_per_recipient`` go to one address, at most
 ``acknowledgements_per_domain`` to the addresses of one domain and at most
 ``acknowledgements_total`` in all: twelve mails forging twelve victims' addresses
 do not make twelve acknowledgements. None goes to a role or robot address
-(no-reply, a list's -request, mailer-daemon; ``normalizer.email.is_role_address``),
+(no-reply, a list's -request, mailer-daemon; ``intake.normalizer.email.is_role_address``),
 whichever channel asks: the web form's copy to a typed address comes through
 here too. To: carries the address alone, never a display name a forger chose.
 One beyond a limit is suppressed: the sender raises Rejected, so
@@ -45,16 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
-from channels.email.oauth import AccessTokens, TokenRefused, sasl_response
+from intake.channels.email.oauth import AccessTokens, TokenRefused, sasl_response
 from intake.acknowledgement import Acknowledgement
 from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
 from intake.twoway import Delivered, OutboundMessage, Route
-from normalizer import email as mail
-from normalizer.record import Complaint
+from intake.normalizer import email as mail
+from intake.normalizer.record import Complaint
 
 if TYPE_CHECKING:
-    from channels.email import EmailLimitsConfig, RelayConfig
+    from intake.channels.email import EmailLimitsConfig, RelayConfig
 
 log = logging.getLogger("intake.email.reply")
 

@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from normalizer.email.text import CONTROLS, CUT, QUOTE_END, QUOTE_START
+from intake.normalizer.email.text import CONTROLS, CUT, QUOTE_END, QUOTE_START
 
 _BLOCK_TAGS = frozenset(
     "address article aside blockquote center dd div dl dt fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 "

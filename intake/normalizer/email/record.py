@@ -12,9 +12,9 @@ from email.parser import BytesHeaderParser
 from email.message import Message
 from email.policy import compat32
 
-from normalizer.bounds import as_invalid_message, encodable, fit, max_length, repair
-from normalizer.email.charsets import codecs_for
-from normalizer.email.headers import (
+from intake.normalizer.bounds import as_invalid_message, encodable, fit, max_length, repair
+from intake.normalizer.email.charsets import codecs_for
+from intake.normalizer.email.headers import (
     FIELD_LINE,
     HEADER_SCAN_LIMIT,
     MAIL_FIELD_NAMES,
@@ -27,15 +27,15 @@ from normalizer.email.headers import (
     raw_values,
     readable_header_section,
 )
-from normalizer.email.ids import message_id_of, message_ids_in, reference_from_message_ids, references_of
-from normalizer.email.mime import Body, MailAttachment, attached_texts, walk
-from normalizer.email.quoting import FORWARD_SUBJECT, split_forwarded, strip_history
-from normalizer.email.robots import automated_reason, is_role_address
-from normalizer.email.text import tidy
-from normalizer.errors import InvalidMessage
-from normalizer.language import model as language_model
-from normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, Flags
-from normalizer.reference import parse_reference
+from intake.normalizer.email.ids import message_id_of, message_ids_in, reference_from_message_ids, references_of
+from intake.normalizer.email.mime import Body, MailAttachment, attached_texts, walk
+from intake.normalizer.email.quoting import FORWARD_SUBJECT, split_forwarded, strip_history
+from intake.normalizer.email.robots import automated_reason, is_role_address
+from intake.normalizer.email.text import tidy
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.language import model as language_model
+from intake.normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, Flags
+from intake.normalizer.reference import parse_reference
 
 MEDIA_TYPE = "message/rfc822"
 

@@ -31,7 +31,7 @@ from aiohttp import web
 from babel.dates import format_datetime
 from pydantic import BaseModel, ConfigDict, Field
 
-from channels.web_form import STATIC, Pages, SlidingWindow, client_address, cross_origin, page_locale
+from intake.channels.web_form import STATIC, Pages, SlidingWindow, client_address, cross_origin, page_locale
 from intake import feedback as surveys
 from intake import texts
 from intake.acknowledgement import _number as localized_number
@@ -40,8 +40,8 @@ from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import negotiate
 from intake.requests import MAX_COMMENT_CHARS, holds
 from intake.twoway import Feedback
-from normalizer.contact import NotAPhoneNumber, e164
-from normalizer.reference import parse_reference
+from intake.normalizer.contact import NotAPhoneNumber, e164
+from intake.normalizer.reference import parse_reference
 
 if TYPE_CHECKING:
     from intake.config import AcknowledgementConfig, HttpConfig

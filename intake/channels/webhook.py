@@ -45,9 +45,9 @@ from intake.errors import Rejected, TemporaryFailure
 from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.problems import problem
 from intake.reception import Outcome, Reception
-from normalizer import webhook as normalize
+from intake.normalizer import webhook as normalize
 from intake.twoway import Delivered, OutboundMessage, Route
-from normalizer.errors import InvalidMessage
+from intake.normalizer.errors import InvalidMessage
 
 log = logging.getLogger("intake.webhook")
 

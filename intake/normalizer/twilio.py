@@ -35,11 +35,11 @@ from babel.languages import get_official_languages
 from multidict import MultiDict, MultiDictProxy
 
 from intake.attachments import safe_filename
-from normalizer import language
-from normalizer.bounds import as_invalid_message, fit, max_length
-from normalizer.errors import FieldError, InvalidMessage
-from normalizer.record import E164_PATTERN, Attachment, Channel, Complainant, Complaint, Flags
-from normalizer.reference import parse_reference
+from intake.normalizer import language
+from intake.normalizer.bounds import as_invalid_message, fit, max_length
+from intake.normalizer.errors import FieldError, InvalidMessage
+from intake.normalizer.record import E164_PATTERN, Attachment, Channel, Complainant, Complaint, Flags
+from intake.normalizer.reference import parse_reference
 
 __all__ = [
     "MEDIA_TYPE",

@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from telegram import Message, Update
 
 from intake.attachments import safe_filename
-from normalizer.bounds import as_invalid_message, fit, load_json, max_length
-from normalizer.errors import FieldError, InvalidMessage, field_errors
-from normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Channel, Complainant, Complaint, Flags
-from normalizer.reference import parse_reference
+from intake.normalizer.bounds import as_invalid_message, fit, load_json, max_length
+from intake.normalizer.errors import FieldError, InvalidMessage, field_errors
+from intake.normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Channel, Complainant, Complaint, Flags
+from intake.normalizer.reference import parse_reference
 
 MEDIA_TYPE = "application/json"
 CHANNEL: Channel = "telegram"

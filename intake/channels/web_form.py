@@ -40,15 +40,15 @@ from babel.units import format_unit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from channels.email.reply import acknowledgement_payload
+from intake.channels.email.reply import acknowledgement_payload
 from intake.acknowledgement import _number as localized_number
 from intake import keys as intake_keys
 from intake.errors import TemporaryFailure
 from intake.http import STREAM_ERRORS, BodyTooLarge, BodyUnreadable, declared_too_large, read_body
 from intake.i18n import SUPPORTED, language_name, negotiate, text_direction, translations
-from normalizer import web_form as normalize
-from normalizer.errors import FieldError, InvalidMessage
-from normalizer.record import Attachment
+from intake.normalizer import web_form as normalize
+from intake.normalizer.errors import FieldError, InvalidMessage
+from intake.normalizer.record import Attachment
 
 if TYPE_CHECKING:
     from intake.attachments import AttachmentStore
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("intake.channels.web_form")
 
-_PACKAGE = Path(__file__).resolve().parents[1] / "intake"
+_PACKAGE = Path(__file__).resolve().parents[1]
 TEMPLATES = _PACKAGE / "templates"
 STATIC = _PACKAGE / "static"
 

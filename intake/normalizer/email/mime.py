@@ -12,11 +12,11 @@ from email.policy import compat32
 
 from tnefparse import TNEF
 
-from normalizer.email.charsets import decode
-from normalizer.email.headers import MEDIA_TYPE_SYNTAX, header_string, header_text, parameters, raw_value, wire_bytes
-from normalizer.email.html import html_charset, html_to_text
-from normalizer.email.ids import message_ids_in
-from normalizer.email.text import CONTROLS
+from intake.normalizer.email.charsets import decode
+from intake.normalizer.email.headers import MEDIA_TYPE_SYNTAX, header_string, header_text, parameters, raw_value, wire_bytes
+from intake.normalizer.email.html import html_charset, html_to_text
+from intake.normalizer.email.ids import message_ids_in
+from intake.normalizer.email.text import CONTROLS
 
 
 @dataclass(frozen=True)

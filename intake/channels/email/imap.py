@@ -26,14 +26,14 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from imapclient.imapclient import DELETED, SEEN
 
-from channels.email.oauth import AccessTokens, TokenRefused, TokenUnavailable
+from intake.channels.email.oauth import AccessTokens, TokenRefused, TokenUnavailable
 from intake.errors import TemporaryFailure
 from intake.spool import Spool
 from intake.pause import pause
 
 if TYPE_CHECKING:
-    from channels.email import ImapMailboxConfig
-    from channels.email.inbound import Inbound
+    from intake.channels.email import ImapMailboxConfig
+    from intake.channels.email.inbound import Inbound
 
 log = logging.getLogger("intake.email.imap")
 

@@ -30,7 +30,7 @@ import aiohttp
 from intake.errors import TemporaryFailure
 
 if TYPE_CHECKING:
-    from channels.email import OAuthConfig
+    from intake.channels.email import OAuthConfig
 
 log = logging.getLogger("intake.email.oauth")
 

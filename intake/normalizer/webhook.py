@@ -7,11 +7,11 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from normalizer.bounds import as_invalid_message, load_json
-from normalizer import contact, language
-from normalizer.errors import FieldError, InvalidMessage, field_errors
-from normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
-from normalizer.reference import parse_reference
+from intake.normalizer.bounds import as_invalid_message, load_json
+from intake.normalizer import contact, language
+from intake.normalizer.errors import FieldError, InvalidMessage, field_errors
+from intake.normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
+from intake.normalizer.reference import parse_reference
 
 MEDIA_TYPE = "application/json"
 
