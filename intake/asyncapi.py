@@ -14,6 +14,7 @@ from typing import Any
 from intake import commands, events
 from intake.config import Settings
 from intake.normalizer.reference import REFERENCE_PATTERN
+from intake.requests import STATUS_REQUESTED
 
 # JSON Schema 2020-12, which the shipped schemas are written in (AsyncAPI 3 takes any format that names itself).
 _SCHEMA_FORMAT = "application/schema+json;version=2020-12"
@@ -95,6 +96,7 @@ def document(settings: Settings) -> dict[str, Any]:
     kafka = settings.kafka
     complaint, acknowledgement, dead_letter = (_shipped(n) for n in ("complaint.v1.json", "acknowledgement.v1.json", "dead-letter.v1.json"))
     command, outcome, rejected = (_shipped(n) for n in ("command.v1.json", "reply-outcome.v1.json", "command-rejected.v1.json"))
+    feedback, status_request = (_shipped(n) for n in ("feedback.v1.json", "status-request.v1.json"))
     rejected_headers = _headers([events.COMMAND_REJECTED], rejected["$id"])
     # A rejected command's key may be no reference at all: then it has no subject.
     rejected_headers["required"] = [name for name in rejected_headers["required"] if name != "ce_subject"]
@@ -143,6 +145,20 @@ def document(settings: Settings) -> dict[str, Any]:
                         "What the complainant actually received of a command from the outbound topic, on which channel.",
                         [events.REPLY_DELIVERED, events.REPLY_FAILED],
                         outcome,
+                    ),
+                    "feedback": _message(
+                        "feedback",
+                        "A survey answered (ISO 10004)",
+                        "A complainant's score (CSAT 1-5), NPS (0-10) or comment, on the channel they were asked on or the survey page.",
+                        [events.FEEDBACK_RECEIVED],
+                        feedback,
+                    ),
+                    "statusRequest": _message(
+                        "statusRequest",
+                        "A customer asked for a complaint's status",
+                        "Answered on their channel; known says whether they held the reference (never what they wrote).",
+                        [STATUS_REQUESTED],
+                        status_request,
                     ),
                 },
                 "bindings": {"kafka": {"topic": kafka.topic, **topic_binding}},
@@ -195,6 +211,8 @@ def document(settings: Settings) -> dict[str, Any]:
                     {"$ref": "#/channels/complaints/messages/complaint"},
                     {"$ref": "#/channels/complaints/messages/acknowledgement"},
                     {"$ref": "#/channels/complaints/messages/replyOutcome"},
+                    {"$ref": "#/channels/complaints/messages/feedback"},
+                    {"$ref": "#/channels/complaints/messages/statusRequest"},
                 ],
             },
             "publishDeadLetters": {

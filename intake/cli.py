@@ -56,7 +56,13 @@ def _event_loop_runner():  # type: ignore[no-untyped-def]
 def _schema(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
-    name = {"record": "complaint.v1.json", "command": "command.v1.json", "reply-outcome": "reply-outcome.v1.json"}[args.which]
+    name = {
+        "record": "complaint.v1.json",
+        "command": "command.v1.json",
+        "reply-outcome": "reply-outcome.v1.json",
+        "feedback": "feedback.v1.json",
+        "status-request": "status-request.v1.json",
+    }[args.which]
     sys.stdout.write(files("intake.normalizer").joinpath(f"schema/{name}").read_text(encoding="utf-8"))
     return 0
 
@@ -208,8 +214,9 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     schema = commands.add_parser("schema", help="print a JSON Schema: the complaint record's (default), or the outbound commands'")
     schema.add_argument(
-        "which", nargs="?", default="record", choices=("record", "command", "reply-outcome"),
-        help="record: the complaint record; command: commands on the outbound topic; reply-outcome: reply.delivered / reply.failed",
+        "which", nargs="?", default="record", choices=("record", "command", "reply-outcome", "feedback", "status-request"),
+        help="record: the complaint record; command: commands on the outbound topic; reply-outcome: reply.delivered / reply.failed; "
+        "feedback: survey answers; status-request: status asked for",
     )  # fmt: skip
     schema.set_defaults(run=_schema)
     commands.add_parser(

@@ -14,7 +14,7 @@ import pytest
 
 from intake.normalizer.errors import InvalidMessage
 from tests.support.gateway import complaint_body, post_complaint, running, settings
-from tests.support.topic import read_topic
+from tests.support.topic import read_topic, wait_for
 
 SPEC = Path(__file__).parent / "browser" / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"
 
@@ -54,11 +54,26 @@ async def test_every_published_event_matches_its_message_in_the_document(tmp_pat
     messages = {
         address: list(channel["messages"].values()) for address, channel in ((c["address"], c) for c in document["channels"].values())
     }
-    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
-        status, answer = await post_complaint(http, base, complaint_body(), "asyncapi-1")
+    from tests.test_outbound import RecordingSender, command, produce
+
+    sender = RecordingSender()
+    config = settings(tmp_path, kafka.bootstrap, topic)
+    async with (
+        running(config, prepare=lambda gateway: gateway.outbound_senders.update(webhook=sender)) as (gateway, base),
+        aiohttp.ClientSession() as http,
+    ):
+        status, answer = await post_complaint(http, base, complaint_body(complainant={"customer_id": "cust-1", "locale": "en"}), "asyncapi-1")
         assert status == 202
-        follow_up = complaint_body("One more thing.", follows_up=answer["reference"])
+        reference = answer["reference"]
+        follow_up = complaint_body("One more thing.", follows_up=reference)
         assert (await post_complaint(http, base, follow_up, "asyncapi-2"))[0] == 202
+        # Two-way: a survey delivered (its outcome), answered (feedback), and a status asked for.
+        await produce(kafka.bootstrap, config.kafka.outbound_topic, [command("survey", reference, nps=False, comment=False)])
+        await wait_for(lambda: _open(gateway, reference), timeout=30)
+        # The partner's customer who complained answers (the partner's customer id tells them from its other customers).
+        answer_body = complaint_body("4", follows_up=reference, complainant={"customer_id": "cust-1", "locale": "en"})
+        assert (await post_complaint(http, base, answer_body, "asyncapi-3"))[0] == 202
+        assert (await post_complaint(http, base, complaint_body("status", follows_up=reference), "asyncapi-4"))[0] == 202
 
         def unreadable():
             raise InvalidMessage("no text part could be decoded")
@@ -72,7 +87,7 @@ async def test_every_published_event_matches_its_message_in_the_document(tmp_pat
             ack="reply",
             dead_letter_invalid=True,
         )
-        records = await read_topic(kafka.bootstrap, topic, expect=4)
+        records = await read_topic(kafka.bootstrap, topic, expect=9)
         dead = await read_topic(kafka.bootstrap, f"{topic}.dead-letter", expect=1)
     seen_types = set()
     for address, batch in ((topic, records), (f"{topic}.dead-letter", dead)):
@@ -87,4 +102,11 @@ async def test_every_published_event_matches_its_message_in_the_document(tmp_pat
         "intake.complaint.followed_up.v1",
         "intake.complaint.acknowledged.v1",
         "intake.message.dead_lettered.v1",
+        "intake.reply.delivered.v1",
+        "intake.feedback.received.v1",
+        "intake.status.requested.v1",
     }
+
+
+async def _open(gateway, reference: str) -> bool:
+    return await gateway.spool.open_survey(reference) is not None
