@@ -31,7 +31,8 @@ from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
 from intake.reception import Reception
 from intake.spool import Event, Spool
-from intake.texts import compose_feedback_thanks, compose_message, compose_status, compose_survey
+from intake.i18n import translations
+from intake.texts import compose_feedback_thanks, compose_message, compose_status, compose_survey, compose_survey_nps
 from intake.twoway import Feedback, OutboundMessage, Route, StatusView, Survey
 from intake.normalizer.email import reference_from_message_ids
 from tests.support.gateway import free_port
@@ -368,12 +369,14 @@ async def test_a_press_is_answered_and_recorded_once_then_asks_for_nps(tmp_path:
     assert json.loads(event.value)["score"] == 4
     thanks = compose_feedback_thanks("pl").short
     assert [answer.text for answer in bot.api.answered] == [thanks, thanks]  # every press answered, so no spinner is left
-    # The keyboard became 0 to 10 and "skip", once.
+    # The message became the NPS question, in the complainant's language, with 0 to 10 and "skip", once.
     [edit] = bot.api.edited
     assert (edit.chat_id, edit.message_id) == (5550103, sent.message["message_id"])
+    assert edit.text == compose_survey_nps("pl").short
     rows = keyboard(edit.reply_markup)
     assert [label for row in rows[:2] for label, _ in row] == [str(n) for n in range(11)]
     assert len(rows[2]) == 1 and rows[2][0][1].endswith(":-")
+    assert rows[2][0][0] == translations("pl").gettext("Skip") != "Skip"
     assert metric(bot.metrics, "intake_surveys_answered_total", channel="telegram") == 1
     assert metric(bot.metrics, "intake_csat_score_count", channel="telegram") == 1
 

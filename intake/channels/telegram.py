@@ -64,7 +64,7 @@ from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.i18n import translations
 from intake.problems import problem
 from intake.pause import pause
-from intake.texts import compose_feedback_thanks
+from intake.texts import compose_feedback_thanks, compose_survey_nps
 from intake.twoway import Delivered, Feedback, OutboundMessage, Route, Survey
 from intake.normalizer import telegram as normalize
 from intake.normalizer.errors import InvalidMessage
@@ -563,8 +563,11 @@ class TelegramChannel:
         )
         log.info("survey answer", extra={"event": "telegram_feedback", "reference": feedback.reference, "question": question, "recorded": recorded})
         if recorded:
-            follow_up = _nps_keyboard(feedback.reference, survey, route.locale) if question == "c" and survey.nps else None
-            await self._edit_keyboard(chat_id, message_id, follow_up)
+            if question == "c" and survey.nps:
+                # The same message asks the next question: its text too, not only its buttons.
+                await self._ask_nps(chat_id, message_id, route.locale, _nps_keyboard(feedback.reference, survey, route.locale))
+            else:
+                await self._edit_keyboard(chat_id, message_id, None)
 
     async def _understand(self, query: dict[str, Any]) -> tuple[Route, Survey, str, int | None] | None:
         """(route, survey, question, score) of a press from the chat its survey went to, for the survey still open; else None."""
@@ -603,6 +606,14 @@ class TelegramChannel:
             await self.bot.edit_message_reply_markup(chat_id=chat_id, message_id=message_id, reply_markup=markup)
         except TelegramError as error:  # "message is not modified", a message too old to edit, the Bot API away
             log.info("survey keyboard not changed", extra={"event": "telegram_keyboard_unchanged", "error": self._plain(error)})
+
+    async def _ask_nps(self, chat_id: int, message_id: int, locale: str, markup: InlineKeyboardMarkup) -> None:
+        """editMessageText: the survey's message becomes the NPS question with its 0 to 10 keyboard."""
+        question = compose_survey_nps(locale).short
+        try:
+            await self.bot.edit_message_text(question, chat_id=chat_id, message_id=message_id, reply_markup=markup)
+        except TelegramError as error:
+            log.info("survey question not changed", extra={"event": "telegram_keyboard_unchanged", "error": self._plain(error)})
 
     async def _send(self, chat_id: int, text: str, *, reply_to: int | None, markup: InlineKeyboardMarkup | None = None) -> Message:
         """sendMessage; TemporaryFailure to try again later, Rejected when it can never be delivered."""

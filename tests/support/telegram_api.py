@@ -111,11 +111,13 @@ class Answered:
 
 @dataclass(frozen=True)
 class Edited:
-    """An editMessageReplyMarkup call the stand-in accepted; ``reply_markup`` None took the keyboard away."""
+    """An editMessageReplyMarkup or editMessageText call the stand-in accepted; ``reply_markup`` None took the keyboard
+    away; ``text`` is the new text (None: the text was left as it was)."""
 
     chat_id: int
     message_id: int
     reply_markup: dict[str, Any] | None
+    text: str | None = None
 
 
 @dataclass
@@ -270,6 +272,7 @@ class TelegramApi:
             "sendMessage": self._send_message,
             "answerCallbackQuery": self._answer_callback_query,
             "editMessageReplyMarkup": self._edit_message_reply_markup,
+            "editMessageText": self._edit_message_text,
             "getFile": self._get_file,
         }.get(method)
         if handler is None:
@@ -410,6 +413,34 @@ class TelegramApi:
         else:
             stored.pop("reply_markup", None)
         self.edited.append(Edited(chat_id, message_id, markup or None))
+        return _ok({**stored, "edit_date": int(time.time())})
+
+    async def _edit_message_text(self, params: dict[str, Any]) -> web.Response:
+        chat_id, message_id = _int(params.get("chat_id"), 0), _int(params.get("message_id"), 0)
+        stored = self._messages.get((chat_id, message_id))
+        if stored is None:
+            return _error(400, "Bad Request: message to edit not found")
+        text = str(params.get("text", ""))
+        if not text.strip():
+            return _error(400, "Bad Request: message text is empty")
+        if len(text) > 4096:
+            return _error(400, "Bad Request: MESSAGE_TOO_LONG")
+        markup = _json(params["reply_markup"]) if "reply_markup" in params else None
+        refusal = _markup_refusal(markup)
+        if refusal:
+            return _error(400, refusal)
+        if text == stored.get("text") and (markup or None) == stored.get("reply_markup"):
+            return _error(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply markup are exactly the same "
+                "as a current content and reply markup of the message",
+            )
+        stored["text"] = text
+        if markup:
+            stored["reply_markup"] = markup
+        else:  # editMessageText without reply_markup removes the inline keyboard, as Telegram does
+            stored.pop("reply_markup", None)
+        self.edited.append(Edited(chat_id, message_id, markup or None, text))
         return _ok({**stored, "edit_date": int(time.time())})
 
     async def _get_file(self, params: dict[str, Any]) -> web.Response:
