@@ -309,6 +309,14 @@ def figures(drive: Drive, cpu: float, on_topic: float | None, memory: float, tai
     }
 
 
+def refused_warm_up(name: str, warm: Drive, accepted: str) -> None:
+    """A warm-up the server refuses (a signature scheme the driver does not speak, a bad configuration)
+    would make every figure after it a measure of refusals: stop the benchmark, saying what it answered."""
+    refused = {status: n for status, n in warm.statuses.items() if status != accepted}
+    if refused:
+        raise RuntimeError(f"{name} refused the warm-up ({refused}); see its log in {tempfile.gettempdir()}/bench-{name}.log")
+
+
 # --- the servers ------------------------------------------------------------------------
 
 
@@ -390,6 +398,7 @@ class Bench:
         try:
             await wait_healthy(base, server.process)
             warm = await drive_webhook(self.generator, base, 400, min(clients, 64))  # connections, topic metadata, caches
+            refused_warm_up(name, warm, "202")
             count = requests or self.args.requests
             return await self.measure(
                 server, lambda: drive_webhook(self.generator, base, count, clients, rate), topic, len(warm.latencies)
@@ -442,6 +451,7 @@ from_address = "complaints@example.test"
             await wait_healthy(f"http://127.0.0.1:{port}", server.process)
             await wait_port(smtp_port, server.process)
             warm = await drive_smtp(self.generator, smtp_port, 100, self.args.smtp_clients)
+            refused_warm_up(name, warm, "250")
             return await self.measure(
                 server,
                 lambda: drive_smtp(self.generator, smtp_port, self.args.smtp_messages, self.args.smtp_clients),

@@ -121,14 +121,16 @@ func webhook(url, secret, keyPrefix string, bodies [][]byte, count, clients int,
 				n := int(job[0])
 				body := bodies[n%len(bodies)]
 				stamp := strconv.FormatInt(time.Now().Unix(), 10)
+				key := fmt.Sprintf("%s-%d", keyPrefix, n)
+				// Version 2 of the signature: HMAC-SHA256 of <timestamp>.<Idempotency-Key>.<body>.
 				mac := hmac.New(sha256.New, []byte(secret))
-				mac.Write([]byte(stamp + "."))
+				mac.Write([]byte(stamp + "." + key + "."))
 				mac.Write(body)
 				request, _ := http.NewRequest("POST", url, bytesReader(body))
 				request.Header.Set("Content-Type", "application/json")
 				request.Header.Set("Intake-Timestamp", stamp)
-				request.Header.Set("Intake-Signature", "v1="+hex.EncodeToString(mac.Sum(nil)))
-				request.Header.Set("Idempotency-Key", fmt.Sprintf("%s-%d", keyPrefix, n))
+				request.Header.Set("Intake-Signature", "v2="+hex.EncodeToString(mac.Sum(nil)))
+				request.Header.Set("Idempotency-Key", key)
 				began := time.Unix(0, job[1])
 				if rate <= 0 {
 					began = time.Now()
