@@ -17,3 +17,9 @@ class SpoolFull(TemporaryFailure):
 
 class Rejected(Exception):
     """The message will never be accepted as it is; tell the sender why (SMTP 550, HTTP 4xx)."""
+
+
+class Suppressed(Rejected):
+    """Not sent on purpose (a limit against mail loops and backscatter, a robot's address): recorded as not sent,
+    without an error in the log for each one, since a loop would make one per message; the sender that suppresses
+    says so in the log once per limit and window."""

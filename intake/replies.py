@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from intake.errors import Rejected, TemporaryFailure
+from intake.errors import Rejected, Suppressed, TemporaryFailure
 from intake.metrics import Metrics
 from intake.reception import Reception
 from intake.spool import Event, Spool, StoredReply
@@ -99,6 +99,9 @@ class Replies:
         now = self._clock()
         try:
             await sender.send_reply(reply.payload)
+        except Suppressed as error:  # on purpose, and said by the sender: recorded, not logged as a failure
+            await self._give_up(reply, str(error), level=logging.DEBUG)
+            return
         except Rejected as error:
             await self._give_up(reply, str(error))
             return
@@ -134,8 +137,9 @@ class Replies:
         )
         await self._spool.reply_failed(reply.id, retry_at=self._clock() + delay, error=error)
 
-    async def _give_up(self, reply: StoredReply, why: str) -> None:
-        log.error(
+    async def _give_up(self, reply: StoredReply, why: str, *, level: int = logging.ERROR) -> None:
+        log.log(
+            level,
             "acknowledgement failed for good",
             extra={"event": "reply_failed", "channel": reply.channel, "reference": reply.payload.get("reference"), "error": why},
         )

@@ -3,6 +3,8 @@ for acknowledgements, the real Kafka broker for what downstream sees."""
 
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import email.policy
 import re
@@ -452,6 +454,46 @@ async def test_acknowledgements_are_capped_per_domain_and_in_all_and_never_go_to
     await sender.send_reply(payload("c@victims.test", 7))
     assert [m.recipients for m in relay.messages] == [["a@victims.test"], ["b@victims.test"], ["a@other.test"], ["c@victims.test"]]
     assert (suppressed("domain"), suppressed("total"), suppressed("role_address")) == (1, 1, 1)
+
+
+async def test_a_loop_against_a_limit_is_counted_every_time_but_logged_once_per_window(relay, caplog: pytest.LogCaptureFixture):
+    # An auto-responder loop meets the cap thousands of times: a warning (and an error from the replies) for each
+    # would flood the log and cost the gateway more than the mail itself.
+    from intake.channels.email import EmailLimitsConfig, RelayConfig
+    from intake.channels.email.reply import AcknowledgementSender
+    from intake.errors import Suppressed
+    from intake.metrics import Metrics
+
+    now = [1000.0]
+    metrics = Metrics()
+    sender = AcknowledgementSender(
+        RelayConfig(**relay.config()),
+        EmailLimitsConfig(acknowledgements_per_recipient=100, acknowledgements_per_domain=2, acknowledgement_window_seconds=600),
+        metrics,
+        clock=lambda: now[0],
+    )
+
+    def payload(n: int) -> dict:
+        return {"to": f"bot{n}@loop.test", "subject": "s", "text": "t", "locale": "en", "direction": "ltr",
+                "message_id": f"<C-0000-{n:04d}.000000000000@example.test>"}  # fmt: skip
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "suppressed" in r.getMessage()]
+
+    caplog.set_level(logging.DEBUG, logger="intake")
+    for n in range(2):
+        await sender.send_reply(payload(n))
+    for n in range(2, 52):
+        with pytest.raises(Suppressed, match="to this address's domain"):
+            await sender.send_reply(payload(n))
+    assert metrics.registry.get_sample_value("intake_acknowledgements_suppressed_total", {"channel": "email", "limit": "domain"}) == 50
+    assert len(warnings()) == 1 and "counted in intake_acknowledgements_suppressed_total" in warnings()[0]
+    now[0] += 601  # a new window: delivered again up to the cap, then said once more
+    for n in range(52, 54):
+        await sender.send_reply(payload(n))
+    with pytest.raises(Suppressed):
+        await sender.send_reply(payload(54))
+    assert len(warnings()) == 2 and len(relay.messages) == 4
 
 
 async def test_mails_forging_strangers_addresses_get_capped_acknowledgements_to_the_bare_address(

@@ -47,7 +47,7 @@ import aiosmtplib
 
 from intake.channels.email.oauth import AccessTokens, TokenRefused, sasl_response
 from intake.acknowledgement import Acknowledgement
-from intake.errors import Rejected, TemporaryFailure
+from intake.errors import Rejected, Suppressed, TemporaryFailure
 from intake.metrics import Metrics
 from intake.twoway import Delivered, OutboundMessage, Route
 from intake.normalizer import email as mail
@@ -188,6 +188,9 @@ class AcknowledgementSender:
         self._sent_to_domain: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._sent_in_all: collections.deque[float] = collections.deque()
         self._swept_at = clock()
+        # When each limit last said so in the log: a loop meets a limit thousands of times a window, and each is counted
+        # in intake_acknowledgements_suppressed_total; the log says it once per limit and window.
+        self._logged_at: dict[str, float] = {}
         self.connection = connection or RelayConnection(relay)
 
     def _limit_reached(self, recipient: str) -> str | None:
@@ -226,15 +229,22 @@ class AcknowledgementSender:
             if times is not None and sent_at in times:
                 times.remove(sent_at)
 
-    def _suppress(self, limit: str, reason: str, payload: dict[str, Any]) -> Rejected:
+    def _suppress(self, limit: str, reason: str, payload: dict[str, Any]) -> Suppressed:
         self._metrics.acknowledgements.labels(channel="email", outcome="suppressed").inc()
         self._metrics.acknowledgements_suppressed.labels(channel="email", limit=limit).inc()
-        log.warning(
-            "acknowledgement suppressed: %s",
+        now = self._clock()
+        last = self._logged_at.get(limit)
+        quiet = last is not None and now - last < self._limits.acknowledgement_window_seconds
+        if not quiet:
+            self._logged_at[limit] = now
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "acknowledgement suppressed: %s%s",
             reason,
+            "" if quiet else "; more within this window are counted in intake_acknowledgements_suppressed_total, not logged",
             extra={"event": "acknowledgement_suppressed", "limit": limit, "reference": payload.get("reference")},
         )
-        return Rejected(f"suppressed: {reason}")
+        return Suppressed(f"suppressed: {reason}")
 
     def compose(self, payload: dict[str, Any]) -> EmailMessage:
         """The acknowledgement as a message: localised, threaded, and marked as an automatic reply (RFC 3834)."""
