@@ -18,12 +18,23 @@ _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 def raw_values(message: Message, name: str) -> list[bytes]:
     """Every value of a header field as bytes off the wire (unfolded, not yet decoded)."""
-    wanted = name.lower()
-    values = []
-    for key, value in message.raw_items():
-        if str(key).strip().lower() == wanted:
-            values.append(_FOLD.sub(b"", wire_bytes(str(value))).strip())
-    return values
+    return list(_fields(message).get(name.lower(), ()))
+
+
+def _fields(message: Message) -> dict[str, list[bytes]]:
+    """The message's header fields by lower-case name, unfolded bytes, made once per message: a mail's
+    normalisation asks for some twenty fields, and each scanned every field. Made again if fields were added or
+    removed since."""
+    items = message.raw_items()
+    count = len(message)
+    cached = message.__dict__.get("_intake_fields")
+    if cached is not None and cached[0] == count:
+        return cached[1]
+    fields: dict[str, list[bytes]] = {}
+    for key, value in items:
+        fields.setdefault(str(key).strip().lower(), []).append(_FOLD.sub(b"", wire_bytes(str(value))).strip())
+    message.__dict__["_intake_fields"] = (count, fields)
+    return fields
 
 
 def wire_bytes(text: str) -> bytes:
