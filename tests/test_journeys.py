@@ -234,7 +234,7 @@ def the_commands(reference: str, locale: str) -> list[tuple[bytes, bytes, list[t
 async def deliver_commands(
     j: Journey, reference: str, locale: str, outbox: Callable[[], list[str]], expected: dict[str, str], *, own: str, via: str
 ) -> None:
-    """Steps 2 to 5: a message, a status and a survey each reach the complainant once, in the order sent; the message
+    """A message, a status and a survey each reach the complainant once, in the order sent; the message
     redelivered under its ``ce_id`` is not sent again; every command's outcome is on the main topic, once.
 
     ``outbox`` lists what reached the complainant on the channel so far, as they read it; ``expected`` says what
@@ -265,8 +265,8 @@ async def deliver_commands(
 async def status_told_only_to_its_holder(
     j: Journey, reference: str, locale: str, ask: Callable[[str, bool], Awaitable[str]], *, short: bool, channel: str
 ) -> None:
-    """Step 7: "status <reference>" from the complainant gets the latest status; from anyone else, the words a
-    reference that does not exist gets. ``ask(text, stranger)`` sends it on the channel and returns the answer."""
+    """Asked "status <reference>" on the channel, the complainant gets the latest status; anyone else gets the words
+    a reference that does not exist gets. ``ask(text, stranger)`` sends it on the channel and returns the answer."""
     latest = texts.compose_status(reference, "in_progress", locale, text=TEAM[locale]["status"])
     answer = await ask(f"status {reference}", False)
     assert answer == (latest.short if short else latest.text)
@@ -275,7 +275,7 @@ async def status_told_only_to_its_holder(
     assert not_theirs == missing
     assert reference not in not_theirs and TEAM[locale]["status"] not in not_theirs
     requested = await j.main.wait(STATUS_REQUESTED, 3)
-    # Its own partition for each reference: the three are compared whatever order they were read in.
+    # Two references, which may sit on two partitions: compared whatever order they were read in.
     assert sorted((r.data["reference"], r.data["known"], r.data["channel"]) for r in requested) == sorted(
         [(reference, True, channel), (reference, False, channel), (NOWHERE, False, channel)]
     )
@@ -284,7 +284,7 @@ async def status_told_only_to_its_holder(
 
 
 async def feedback(j: Journey, reference: str, channel: str, score: int) -> Record:
-    """Step 6's outcome: the answer on the main topic, once, with its score and the channel it came on."""
+    """The survey's answer on the main topic, once, with its score and the channel it came on."""
     [answer] = await j.main.wait(events.FEEDBACK_RECEIVED, reference=reference)
     assert (answer.data["survey_id"], answer.data["channel"], answer.data["score"]) == (IDS["survey"], channel, score)
     assert answer.key == reference
