@@ -15,7 +15,11 @@ while the owner writes). What it finds is merged:
 - a status: the newest any spool has;
 - a survey: the newest asked, with each part answered on any worker counted
   as answered, so that a score given on one worker is not asked again by
-  another and an answer redelivered to another worker is recorded once.
+  another and an answer redelivered to another worker is recorded once;
+- a survey found by whom it asked (a bare score by SMS names no complaint):
+  the newest still waiting for its score on every worker, or the one this
+  very answer was recorded for on any worker (a redelivery, not recorded
+  again).
 
 Writes stay in the worker's own spool, in the transaction of what causes them.
 An answer given twice at the same instant on two workers may be recorded on
@@ -32,8 +36,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from intake.spool import Event, RouteRow, Spool, SurveyRow, answer_seen, open_survey_of, route_row, status_view, survey_rows
-from intake.twoway import Feedback, Route, StatusView, Survey
+from intake.spool import (
+    Event,
+    RouteRow,
+    Spool,
+    SurveyRow,
+    answer_seen,
+    answers_given,
+    awaiting_score,
+    open_survey_of,
+    route_row,
+    status_view,
+    survey_rows,
+    surveys_asked_of,
+)
+from intake.twoway import AskedSurvey, Feedback, Route, StatusView, Survey
 
 log = logging.getLogger("intake.conversations")
 T = TypeVar("T")
@@ -99,6 +116,24 @@ class SharedConversations:
 
     async def open_survey(self, reference: str) -> Survey | None:
         return open_survey_of(await self._survey_rows(reference))
+
+    async def survey_asked_of(self, asked_of: str, answer_id: str) -> AskedSurvey | None:
+        # Asked where the commands are (worker 0), answered anywhere: whom it asked first, then every answer to it.
+        own = await self._spool._read(lambda conn: surveys_asked_of(conn, asked_of))
+        asked = [*own, *(row for rows in await self._elsewhere(lambda conn: surveys_asked_of(conn, asked_of)) for row in rows)]
+        if not asked:
+            return None
+        references = sorted({row.reference for row in asked})
+        survey_ids = sorted({row.survey_id for row in asked})
+
+        def answers(conn: sqlite3.Connection) -> tuple[list[SurveyRow], set[str]]:
+            rows = [row for reference in references for row in survey_rows(conn, reference)]
+            return rows, answers_given(conn, survey_ids, answer_id)
+
+        found = [await self._spool._read(answers), *await self._elsewhere(answers)]
+        rows = [row for of_spool, _ in found for row in of_spool]
+        answered = {survey_id for _, given in found for survey_id in given}
+        return awaiting_score(asked, rows, answered)
 
     async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
         if any(await self._elsewhere(lambda conn: answer_seen(conn, feedback.survey_id, feedback.answer_id))):

@@ -37,7 +37,17 @@ from intake.errors import Rejected, TemporaryFailure
 from intake.metrics import Metrics
 from intake.pause import pause
 from intake.spool import CommandIntake, Spool, StoredCommand
-from intake.twoway import REPLYABLE, Conversations, Delivered, OutboundMessage, OutboundSender, Route, Survey, SurveyLinks
+from intake.twoway import (
+    REPLYABLE,
+    Conversations,
+    Delivered,
+    OutboundMessage,
+    OutboundSender,
+    Route,
+    Survey,
+    SurveyLinks,
+    reply_address,
+)
 
 log = logging.getLogger("intake.delivery")
 
@@ -263,7 +273,10 @@ class Delivery:
                 ce_type=commands.SURVEY,
                 data={"reference": command.reference, "nps": True, "comment": True},
             )
-        await self._spool.command_done(stored.id, [event], status=status, survey=message.survey, survey_channel=target.via, then=then)
+        await self._spool.command_done(
+            stored.id, [event], status=status, survey=message.survey, survey_channel=target.via,
+            survey_asked_of=_asked_of(target), then=then,
+        )  # fmt: skip
         self._metrics.outbound_deliveries.labels(channel=target.via, kind=command.kind, outcome="delivered").inc()
         if message.survey is not None:
             self._metrics.surveys_sent.labels(channel=target.via).inc()
@@ -297,3 +310,10 @@ class Delivery:
         )  # fmt: skip
         await self._spool.command_done(stored.id, [event], failed=True)
         self._metrics.outbound_deliveries.labels(channel=target.via if target else "none", kind=kind, outcome="failed").inc()
+
+
+def _asked_of(target: Target) -> str | None:
+    """Whom a message sent to ``target`` reaches: a survey's answer that names no complaint is found by it."""
+    address = target.route.address
+    # What each sender writes to: the chat on Telegram, ``to`` elsewhere (a contact's route carries the contact there).
+    return reply_address(target.via, address.get("chat_id") if target.via == "telegram" else address.get("to"))

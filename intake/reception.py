@@ -294,10 +294,11 @@ class Reception:
         at = received_at.timestamp()
         if interception is not None:
             submission.feedback = interception.feedback
-        if complaint.follows_up:
+        followed = _followed(complaint, interception)
+        if followed:
             # Threaded under the newest message on channels that thread; elsewhere the address stays as it was.
             newest = address if complaint.channel in _THREADED and address else None
-            submission.follows_up = FollowUp(reference=complaint.follows_up, channel=complaint.channel, at=at, address=newest)
+            submission.follows_up = FollowUp(reference=followed, channel=complaint.channel, at=at, address=newest)
             return
         if interception is not None:
             return
@@ -369,6 +370,13 @@ class Reception:
             dead_lettered=bool(answer.get("dead_lettered")),
             automated=bool(answer.get("automated")),
         )
+
+
+def _followed(complaint: Complaint, interception: Interception | None) -> str | None:
+    """The complaint a message continues: the one it names, else the one whose survey it answers (a bare score by SMS)."""
+    if complaint.follows_up:
+        return complaint.follows_up
+    return interception.feedback.reference if interception is not None and interception.feedback is not None else None
 
 
 def _ack_dict(acknowledgement: Acknowledgement) -> dict[str, str]:

@@ -5,7 +5,11 @@ before treating it as a complaint or a follow-up. A message that is only a
 status keyword and a reference (or the bare reference, or the bare keyword in
 reply to our message) is a status request; a message that starts with a score
 from 1 to 5, from the complainant of a complaint with an open survey, is the
-survey's answer. Anything else is a complaint, as before.
+survey's answer. A message that names no complaint (an SMS or WhatsApp reply,
+a Telegram message typed instead of a button, a mail out of its thread) is an
+answer only when it is the score alone, from the number, chat or address the
+survey was sent to: the newest survey there still waiting for its score.
+Anything else is a complaint, as before.
 
 The status goes only to whoever holds the complaint: a sender whose address is
 the one the complaint came from, or one of the contacts the complainant gave.
@@ -28,7 +32,7 @@ from intake import texts
 from intake.events import _event, feedback_event
 from intake.i18n import negotiate
 from intake.spool import Event
-from intake.twoway import Conversations, Feedback, Interception, Route, Survey
+from intake.twoway import Conversations, Feedback, Interception, Route, Survey, reply_address
 from intake.normalizer.reference import parse_reference
 from intake.normalizer.record import Complaint
 
@@ -39,6 +43,7 @@ __all__ = [
     "CustomerRequests",
     "SurveyAnswer",
     "holds",
+    "parse_bare_score",
     "parse_survey_answer",
     "parse_status_request",
     "status_requested_event",
@@ -166,6 +171,24 @@ def parse_survey_answer(text: str, *, nps: bool = True, comment: bool = True) ->
     return SurveyAnswer(score, likely, remark[:MAX_COMMENT_CHARS] or None)
 
 
+# A score and nothing else, as a reply that names no complaint must be to count as an answer: "4", " 4. ", "٤", "4/5".
+_BARE_SCORE = re.compile(r"\s*(?P<score>\d)(?:\s*/\s*(?P<of>\d))?\s*[.!]*\s*")
+
+
+def parse_bare_score(text: str) -> int | None:
+    """The score 1-5 that ``text`` is, with nothing else but spaces and a full stop or an exclamation mark; else None.
+
+    Stricter than :func:`parse_survey_answer`: without a reference, "2 parcels lost" is a complaint, not a score.
+    """
+    match = _BARE_SCORE.fullmatch(text)
+    if match is None:
+        return None
+    score = _number(match["score"])
+    if not 1 <= score <= 5 or (match["of"] is not None and _number(match["of"]) != 5):
+        return None
+    return score
+
+
 # --- who holds a complaint ------------------------------------------------------------------
 
 
@@ -205,6 +228,18 @@ def sender_identities(complaint: Complaint) -> set[tuple[str, str]]:
         if partner and who.handle:
             found.add(("webhook", json.dumps([partner, who.handle])))
     return found
+
+
+def sender_address(complaint: Complaint) -> str | None:
+    """The sender of ``complaint`` as a survey's recipient is kept (``intake.twoway.reply_address``), on channels with replies."""
+    who = complaint.complainant
+    if complaint.channel in ("sms", "mms", "whatsapp"):
+        return reply_address(complaint.channel, who.phone or who.handle)
+    if complaint.channel == "email":
+        return reply_address("email", who.email)
+    if complaint.channel == "telegram":
+        return reply_address("telegram", complaint.channel_message_id.partition(":")[0])
+    return None
 
 
 def route_identities(route: Route) -> set[tuple[str, str]]:
@@ -290,7 +325,7 @@ class CustomerRequests:
             if asked is not None:
                 return await self._status(complaint, asked, request.language)
         if complaint.follows_up is None:
-            return None
+            return await self._bare_score(complaint, words)
         survey = await self._conversations.open_survey(complaint.follows_up)
         if survey is None:
             return None
@@ -303,6 +338,25 @@ class CustomerRequests:
             return None  # someone else quoting the reference: their message is a complaint like any other
         assert route is not None  # holds() is never true without one
         return self._feedback(complaint, complaint.follows_up, survey, answer, route)
+
+    async def _bare_score(self, complaint: Complaint, words: str) -> Interception | None:
+        """A score alone, from whom a survey was sent to: its answer; the newest survey, if several wait."""
+        score = parse_bare_score(words)
+        if score is None:
+            return None
+        sender = sender_address(complaint)
+        if sender is None:
+            return None
+        asked = await self._conversations.survey_asked_of(sender, str(complaint.id))
+        if asked is None:
+            return None  # no survey waits for this sender's score: a message like any other
+        route = await self._conversations.route(asked.reference)
+        if route is None:
+            return None
+        if asked.answered:
+            # Recorded already, through another worker: thanked again, counted once.
+            return Interception(kind="feedback", events=[], answer=texts.compose_feedback_thanks(route.locale))
+        return self._feedback(complaint, asked.reference, asked.survey, SurveyAnswer(score, None, None), route)
 
     async def _status(self, complaint: Complaint, reference: str, language: str | None) -> Interception:
         # Both lookups whatever the first says: a reference that is not the asker's costs what a missing one costs.

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from intake.errors import SpoolFull, TemporaryFailure
-from intake.twoway import Feedback, Route, StatusView, Survey
+from intake.twoway import AskedSurvey, Feedback, Route, StatusView, Survey, reply_address
 
 if TYPE_CHECKING:
     from intake.config import SpoolConfig
@@ -151,9 +151,11 @@ CREATE TABLE IF NOT EXISTS survey (
     answered_at REAL,                -- the first answer
     score_at REAL,
     nps_at REAL,
-    comment_at REAL
+    comment_at REAL,
+    asked_of TEXT                    -- whom (intake.twoway.reply_address, personal data): a bare score from them answers it
 );
 CREATE INDEX IF NOT EXISTS survey_reference ON survey (reference, asked_at);
+CREATE INDEX IF NOT EXISTS survey_asked_of ON survey (asked_of, asked_at);
 CREATE TABLE IF NOT EXISTS feedback (
     survey_id TEXT NOT NULL,
     answer_id TEXT NOT NULL,         -- the channel's id of the answer: a redelivery counts once
@@ -372,12 +374,26 @@ def status_view(conn: sqlite3.Connection, reference: str) -> StatusView | None:
     return StatusView(reference=reference, status=row[0], text=row[1], updated_at=row[2])
 
 
+_SURVEY_ROW = "survey_id, reference, channel, nps, comment, asked_at, score_at, nps_at, comment_at"
+
+
+def _survey_row(r: tuple[Any, ...]) -> SurveyRow:
+    return SurveyRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8])
+
+
 def survey_rows(conn: sqlite3.Connection, reference: str) -> list[SurveyRow]:
-    rows = conn.execute(
-        "SELECT survey_id, reference, channel, nps, comment, asked_at, score_at, nps_at, comment_at FROM survey WHERE reference = ?",
-        (reference,),
-    ).fetchall()
-    return [SurveyRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+    rows = conn.execute(f"SELECT {_SURVEY_ROW} FROM survey WHERE reference = ?", (reference,)).fetchall()
+    return [_survey_row(r) for r in rows]
+
+
+def surveys_asked_of(conn: sqlite3.Connection, asked_of: str) -> list[SurveyRow]:
+    """The surveys this spool asked of ``asked_of`` (intake.twoway.reply_address), answered or not."""
+    return [_survey_row(r) for r in conn.execute(f"SELECT {_SURVEY_ROW} FROM survey WHERE asked_of = ?", (asked_of,)).fetchall()]
+
+
+def answers_given(conn: sqlite3.Connection, survey_ids: list[str], answer_id: str) -> set[str]:
+    """Which of ``survey_ids`` this spool recorded the answer ``answer_id`` for."""
+    return {survey_id for survey_id in survey_ids if answer_seen(conn, survey_id, answer_id)}
 
 
 def answer_seen(conn: sqlite3.Connection, survey_id: str, answer_id: str) -> bool:
@@ -398,6 +414,31 @@ def open_survey_of(rows: list[SurveyRow]) -> Survey | None:
     if scored and not nps and not comment:
         return None
     return Survey(survey_id=newest, nps=nps, comment=comment)
+
+
+def awaiting_score(asked: list[SurveyRow], rows: list[SurveyRow], answered: set[str]) -> AskedSurvey | None:
+    """Of the surveys ``asked`` of one person, the newest whose score is still to be given, from one spool or several.
+
+    ``rows``: every row of those complaints' surveys, answers given on other workers included; a complaint
+    surveyed again counts with its newest survey only. ``answered``: the surveys the answer being looked at
+    was recorded for, anywhere: that one is a redelivery and still finds its survey, marked ``answered``.
+    """
+    of_complaint: dict[str, list[SurveyRow]] = {}
+    for row in [*asked, *rows]:
+        of_complaint.setdefault(row.reference, []).append(row)
+    for candidate in sorted(asked, key=lambda row: row.asked_at, reverse=True):
+        # Asked rows only: an answer-only row's asked_at is when it was answered, which says nothing of what was asked last.
+        newest = max((row for row in of_complaint[candidate.reference] if row.channel), key=lambda row: row.asked_at)
+        if newest.survey_id != candidate.survey_id:
+            continue
+        mine = [row for row in of_complaint[candidate.reference] if row.survey_id == candidate.survey_id]
+        again = candidate.survey_id in answered
+        if not again and any(row.score_at is not None for row in mine):
+            continue
+        nps = candidate.nps and all(row.nps_at is None for row in mine)
+        comment = candidate.comment and all(row.comment_at is None for row in mine)
+        return AskedSurvey(candidate.reference, Survey(survey_id=candidate.survey_id, nps=nps, comment=comment), answered=again)
+    return None
 
 
 @dataclass(frozen=True)
@@ -603,6 +644,7 @@ class Spool:
         conn = self._connect()
         try:
             self._migrate(conn)
+            self._migrate_surveys(conn)
             conn.executescript(_SCHEMA)
             self._memory_from = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM outbox").fetchone()[0]
             self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -641,6 +683,36 @@ class Spool:
             conn.execute("ROLLBACK")
             raise
         log.info("spool outbox moved to one row per message", extra={"event": "spool_migrated", "events": len(rows)})
+
+    @staticmethod
+    def _migrate_surveys(conn: sqlite3.Connection) -> None:
+        """A spool written before surveys kept whom they asked: the column, filled in for the surveys it holds from
+        the address or contact each was sent to (as intake.delivery chose it), in one transaction."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(survey)")}
+        if not columns or "asked_of" in columns:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE survey ADD COLUMN asked_of TEXT")
+            rows = conn.execute(
+                "SELECT survey.survey_id, survey.channel, conversation.channel, conversation.address, conversation.contacts"
+                " FROM survey JOIN conversation USING (reference) WHERE survey.channel != ''"
+            ).fetchall()
+            filled = 0
+            for survey_id, via, own, address, contacts in rows:
+                if via == own or {via, own} <= {"sms", "mms"}:
+                    to = json.loads(address).get("chat_id" if via == "telegram" else "to")
+                else:  # sent to a contact the complainant gave
+                    to = json.loads(contacts).get("email" if via == "email" else "phone")
+                asked_of = reply_address(via, to)
+                if asked_of is not None:
+                    conn.execute("UPDATE survey SET asked_of = ? WHERE survey_id = ?", (asked_of, survey_id))
+                    filled += 1
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("spool surveys now know whom they asked", extra={"event": "spool_migrated", "surveys": filled})
 
     # --- the reserve ----------------------------------------------------------
 
@@ -1367,6 +1439,16 @@ class Spool:
         """The newest survey asked and not fully answered: ``nps`` / ``comment`` say what is still to be answered."""
         return open_survey_of(await self._read(lambda conn: survey_rows(conn, reference)))
 
+    async def survey_asked_of(self, asked_of: str, answer_id: str) -> AskedSurvey | None:
+        """The newest survey asked of ``asked_of`` still waiting for its score (or scored by ``answer_id``: a redelivery)."""
+
+        def query(conn: sqlite3.Connection) -> AskedSurvey | None:
+            asked = surveys_asked_of(conn, asked_of)
+            rows = [row for reference in {row.reference for row in asked} for row in survey_rows(conn, reference)]
+            return awaiting_score(asked, rows, answers_given(conn, [row.survey_id for row in asked], answer_id))
+
+        return await self._read(query)
+
     async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
         """Store an answer and its ``intake.feedback.received.v1`` event in one transaction; False if ``answer_id`` came before."""
 
@@ -1438,10 +1520,12 @@ class Spool:
         status: tuple[str, str | None] | None = None,
         survey: Survey | None = None,
         survey_channel: str = "",
+        survey_asked_of: str | None = None,
         then: CommandIntake | None = None,
     ) -> None:
         """A command delivered (or given up on, ``failed``): its outcome event, the status now shown to the
-        complainant, the survey now open, and a command it causes (``then``: a survey after "resolved"), in one transaction."""
+        complainant, the survey now open (``survey_asked_of``: whom, intake.twoway.reply_address), and a command
+        it causes (``then``: a survey after "resolved"), in one transaction."""
 
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
@@ -1458,9 +1542,9 @@ class Spool:
                 )
             if survey is not None:
                 conn.execute(
-                    "INSERT INTO survey (survey_id, reference, channel, nps, comment, asked_at) VALUES (?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (survey_id) DO NOTHING",
-                    (survey.survey_id, reference, survey_channel, survey.nps, survey.comment, now),
+                    "INSERT INTO survey (survey_id, reference, channel, nps, comment, asked_at, asked_of)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (survey_id) DO NOTHING",
+                    (survey.survey_id, reference, survey_channel, survey.nps, survey.comment, now, survey_asked_of),
                 )
             if then is not None and then.data is not None:
                 conn.execute(

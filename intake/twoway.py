@@ -73,6 +73,33 @@ class Survey:
 
 
 @dataclass(frozen=True)
+class AskedSurvey:
+    """A survey found by whom it asked, for an answer that names no complaint (a bare score by SMS)."""
+
+    reference: str
+    survey: Survey
+    answered: bool = False  # the answer looking it up was recorded before: a redelivery, thanked again, not counted again
+
+
+def reply_address(channel: str, to: object) -> str | None:
+    """Whom a message on ``channel`` comes from, or goes to, as the survey index keys it: ``sms:+48601234567`` (SMS and
+    MMS being one number), ``whatsapp:+48601234567``, ``email:ewa@example.com``, ``telegram:5550001`` (the chat).
+
+    ``to`` is the number, address or chat id as a route or a record holds it (a WhatsApp number with or without its
+    ``whatsapp:`` prefix). None on a channel whose replies do not come back as messages, or for what is not an address.
+    """
+    if channel in ("sms", "mms", "whatsapp"):
+        digits = "".join(char for char in to.removeprefix("whatsapp:") if char.isdigit()) if isinstance(to, str) else ""
+        return f"{'whatsapp' if channel == 'whatsapp' else 'sms'}:+{digits}" if digits else None
+    if channel == "email":
+        return f"email:{to.strip().casefold()}" if isinstance(to, str) and "@" in to else None
+    if channel == "telegram":
+        chat = str(to).strip() if type(to) is int or isinstance(to, str) else ""
+        return f"telegram:{int(chat)}" if chat.removeprefix("-").isascii() and chat.removeprefix("-").isdigit() else None
+    return None
+
+
+@dataclass(frozen=True)
 class OutboundMessage:
     """One thing to tell one complainant, composed and in their language, for one sender."""
 
@@ -143,6 +170,10 @@ class Conversations(Protocol):
 
     async def open_survey(self, reference: str) -> Survey | None:
         """The survey asked and not yet answered for this complaint, if any."""
+
+    async def survey_asked_of(self, asked_of: str, answer_id: str) -> AskedSurvey | None:
+        """The newest survey asked of ``asked_of`` (see :func:`reply_address`) whose score is still to be given, or
+        was given by the answer ``answer_id`` itself (a redelivery); None if there is none."""
 
     async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
         """Store an answer that came outside a message (a Telegram button, the survey page) and its

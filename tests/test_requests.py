@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
-from intake import texts
+from intake import commands, texts
 from intake.acknowledgement import gsm7_segments
-from intake.events import FEEDBACK_RECEIVED
+from intake.config import AcknowledgementConfig, OutboundConfig
+from intake.conversations import SharedConversations
+from intake.delivery import Delivery
+from intake.events import COMPLAINT_RECEIVED, FEEDBACK_RECEIVED
 from intake.i18n import SUPPORTED
+from intake.metrics import Metrics
+from intake.reception import Outcome, Reception
 from intake.requests import (
     MAX_COMMENT_CHARS,
     STATUS_REQUESTED,
     CustomerRequests,
+    parse_bare_score,
     parse_status_request,
     parse_survey_answer,
 )
-from intake.twoway import STATUSES, Route, StatusView, Survey
+from intake.spool import CommandIntake, Spool
+from intake.twoway import STATUSES, Conversations, OutboundSender, Route, StatusView, Survey
 from intake.normalizer import telegram as telegram_normalizer
 from intake.normalizer import twilio as twilio_normalizer
+from intake.normalizer import webhook as webhook_normalizer
 from intake.normalizer.email import record as email_normalizer
 from intake.normalizer.record import Complaint
 from tests.support.conversations import MemoryConversations
+from tests.support.gateway import complaint_body
 from tests.support.telegram_api import BOT_ID, message, user
+from tests.test_outbound import RecordingSender
 
 REFERENCE = "C-7K3M-9QXA"
 OTHER = "C-9QXA-7K3M"
@@ -35,10 +50,11 @@ RECEIVED_AT = dt.datetime(2026, 12, 2, 9, 30, tzinfo=dt.timezone.utc)
 CUSTOMER = "+48601234567"
 STRANGER = "+48609876543"
 OUR_NUMBER = "+15005550006"
+SID = "SM0123456789abcdef0123456789abcdef"
 
 
-def sms(text: str, *, sender: str = CUSTOMER, sid: str = "SM0123456789abcdef0123456789abcdef", whatsapp: bool = False) -> Complaint:
-    """An inbound SMS (or WhatsApp message) as Twilio posts it, through the real normaliser."""
+def twilio_body(text: str, *, sender: str = CUSTOMER, sid: str = SID, whatsapp: bool = False) -> bytes:
+    """An inbound SMS (or WhatsApp message) as Twilio posts it."""
     prefix = "whatsapp:" if whatsapp else ""
     params = {
         "MessageSid": sid,
@@ -48,7 +64,13 @@ def sms(text: str, *, sender: str = CUSTOMER, sid: str = "SM0123456789abcdef0123
         "Body": text,
         "NumMedia": "0",
     }
-    return twilio_normalizer.to_complaint(urlencode(params).encode(), received_at=RECEIVED_AT, locales=SUPPORTED)
+    return urlencode(params).encode()
+
+
+def sms(text: str, *, sender: str = CUSTOMER, sid: str = SID, whatsapp: bool = False) -> Complaint:
+    """An inbound SMS (or WhatsApp message) through the real normaliser."""
+    raw = twilio_body(text, sender=sender, sid=sid, whatsapp=whatsapp)
+    return twilio_normalizer.to_complaint(raw, received_at=RECEIVED_AT, locales=SUPPORTED)
 
 
 def telegram(text: str, *, user_id: int = 5550001, message_id: int = 77) -> Complaint:
@@ -290,7 +312,7 @@ def test_a_second_number_is_a_comment_when_nps_was_not_asked_and_comments_are_bo
 async def test_an_answer_to_an_open_survey_is_feedback_thanked_in_the_complaints_language():
     store = conversations()
     store.surveys[REFERENCE] = Survey(survey_id="cmd-survey-1")
-    # An SMS reply carries no thread of its own: Reception finds the complaint it follows up (the last one asked).
+    # A reply that names its complaint (an SMS quoting the reference, a mail in its thread): the whole answer counts.
     complaint = sms("4 9 very quick, thanks").model_copy(update={"follows_up": REFERENCE})
     interception = await requests(store).intercept(complaint, sms_route())
     assert interception is not None and interception.kind == "feedback"
@@ -313,6 +335,234 @@ async def test_a_score_from_someone_else_or_without_an_open_survey_is_a_message(
     store.surveys[REFERENCE] = Survey(survey_id="cmd-survey-2")
     assert await requests(store).intercept(stranger, None) is None
     assert await requests(store).intercept(holder.model_copy(update={"text": "Thanks, but it is still broken"}), sms_route()) is None
+
+
+# --- a score that names no complaint: found by whom the survey was sent to --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [("4", 4), (" 5 \n", 5), ("3.", 3), ("5!", 5), ("4/5", 4), ("٤", 4), ("۴", 4), ("４", 4), ("1 / 5", 1)],
+)
+def test_a_score_alone_with_spaces_a_full_stop_or_its_scale_is_a_bare_score(text: str, score: int):
+    assert parse_bare_score(text) == score
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "6", "10", "4 9", "4 9 quick", "2 parcels lost", "4?", "4/10", "-4", "", "five", "4 stars", "C-7K3M-9QXA 4"]
+)
+def test_anything_more_than_a_score_is_no_bare_score(text: str):
+    assert parse_bare_score(text) is None
+
+
+def telegram_route(chat_id: int = 5550001) -> Route:
+    return Route(channel="telegram", address={"chat_id": chat_id, "message_id": 41}, locale="de", last_inbound_at=time.time())
+
+
+def email_route() -> Route:
+    address = {"to": "Ewa@Example.com", "message_id": "<c-1@example.com>"}
+    return Route(channel="email", address=address, locale="fr", last_inbound_at=time.time())
+
+
+@pytest.mark.parametrize(
+    ("answer", "route", "asked_of", "locale"),
+    [
+        (lambda: sms("4"), sms_route(), f"sms:{CUSTOMER}", "pl"),
+        (lambda: sms(" 4 ", whatsapp=True), sms_route("de"), f"whatsapp:{CUSTOMER}", "de"),
+        (lambda: telegram("4"), telegram_route(), "telegram:5550001", "de"),  # typed instead of pressing a button
+        (lambda: email("4", subject="Ankieta"), email_route(), "email:ewa@example.com", "fr"),  # a new mail, out of any thread
+    ],
+    ids=["sms", "whatsapp", "telegram", "email"],
+)
+async def test_a_bare_score_from_whom_the_survey_was_sent_to_is_its_answer(answer, route: Route, asked_of: str, locale: str):
+    store = conversations(route=route)
+    store.surveys[REFERENCE] = Survey(survey_id="cmd-survey-3")
+    store.asked_of[REFERENCE] = asked_of
+    complaint = answer()
+    assert complaint.follows_up is None  # nothing in the message says which complaint it is about
+    interception = await requests(store).intercept(complaint, None)
+    assert interception is not None and interception.kind == "feedback", "the score was taken for a complaint"
+    feedback = interception.feedback
+    assert feedback is not None
+    assert (feedback.reference, feedback.survey_id, feedback.channel) == (REFERENCE, "cmd-survey-3", complaint.channel)
+    assert (feedback.score, feedback.nps, feedback.comment, feedback.answer_id) == (4, None, None, str(complaint.id))
+    [event] = interception.events
+    assert header(event, "ce_type") == FEEDBACK_RECEIVED and event.key == REFERENCE.encode()
+    assert interception.answer == texts.compose_feedback_thanks(locale)
+
+
+async def test_without_a_reference_more_than_a_score_or_a_score_from_elsewhere_is_a_message():
+    store = conversations()
+    store.surveys[REFERENCE] = Survey(survey_id="cmd-survey-4")
+    store.asked_of[REFERENCE] = f"sms:{CUSTOMER}"
+    assert await requests(store).intercept(sms("4"), None) is not None
+    for text in ("4 9 very quick", "2 parcels still missing", "4?"):
+        assert await requests(store).intercept(sms(text), None) is None, text
+    assert await requests(store).intercept(sms("4", sender=STRANGER), None) is None
+    assert await requests(store).intercept(sms("4", whatsapp=True), None) is None  # asked by SMS, not on WhatsApp
+    store.asked_of.clear()
+    assert await requests(store).intercept(sms("4"), None) is None  # no survey sent to this number
+
+
+# The gateway's reception on real spools, as one worker of ``intake serve --workers N`` runs it, without Kafka:
+# what it publishes is read off its outbox.
+
+
+@dataclass
+class Worker:
+    spool: Spool
+    reception: Reception
+    conversations: Conversations
+
+    async def events(self, ce_type: str) -> list[dict]:
+        stored = await self.spool.pending_events(0, 1000)
+        return [json.loads(e.value) for e in stored if header(e, "ce_type") == ce_type]
+
+    async def text(
+        self, body: str, *, sid: str, sender: str = CUSTOMER, whatsapp: bool = False, at: dt.datetime = RECEIVED_AT
+    ) -> Outcome:
+        """An SMS (or WhatsApp message) taken in as the Twilio channel takes it in."""
+        raw = twilio_body(body, sender=sender, sid=sid, whatsapp=whatsapp)
+        return await self.reception.receive(
+            channel="whatsapp" if whatsapp else "sms",
+            channel_message_id=sid,
+            raw=raw,
+            normalize=lambda: twilio_normalizer.to_complaint(raw, received_at=at, locales=SUPPORTED),
+            received_at=at,
+            ack="inline",
+            dead_letter_invalid=True,
+            route={"to": sender, "from": OUR_NUMBER},
+        )
+
+    async def survey(self, reference: str, ce_id: str, senders: Mapping[str, OutboundSender]) -> None:
+        """Downstream asks for a survey of ``reference``; delivered by this worker, which consumes the commands."""
+        route = await self.conversations.route(reference)
+        data = {"reference": reference, "nps": True, "comment": True}
+        await self.spool.store_commands([CommandIntake(ce_id, reference, commands.SURVEY, data, route=route)])
+        delivery = Delivery(
+            self.spool, Metrics(), senders, OutboundConfig(), topic="complaints", source="urn:intake:test",
+            conversations=self.conversations,
+        )  # fmt: skip
+        running = asyncio.create_task(delivery.run())
+        try:
+            for _ in range(200):
+                if not await self.spool.due_commands(time.time()):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise TimeoutError("the survey was not delivered")
+        finally:
+            await delivery.stop()
+            await running
+
+
+@contextlib.asynccontextmanager
+async def workers(tmp_path: Path, count: int = 1) -> AsyncIterator[list[Worker]]:
+    spools = [Spool(tmp_path / f"spool-{index}.sqlite3") for index in range(count)]
+    for spool in spools:
+        await spool.open()
+    made = []
+    try:
+        for spool in spools:
+            others = [other.path for other in spools if other is not spool]
+            shared: Conversations = SharedConversations(spool, others) if others else spool
+            reception = Reception(
+                spool, Metrics(), topic="complaints", dead_letter_topic="complaints.dlq", source="urn:intake:test",
+                acknowledgement=AcknowledgementConfig(),
+            )  # fmt: skip
+            reception.conversations = shared
+            reception.requests = CustomerRequests(shared, topic="complaints", source="urn:intake:test")
+            made.append(Worker(spool, reception, shared))
+        yield made
+    finally:
+        for worker in made:
+            if isinstance(worker.conversations, SharedConversations):
+                worker.conversations.close()
+        for spool in spools:
+            await spool.close()
+
+
+THANKS_PL = texts.compose_feedback_thanks("pl").short
+
+
+async def test_a_bare_sms_score_is_recorded_once_and_thanked_and_the_next_is_a_message_again(tmp_path: Path):
+    sender = RecordingSender()
+    async with workers(tmp_path) as [worker]:
+        complaint = await worker.text("Paczka przyszła rozbita, proszę o zwrot pieniędzy.", sid="SM" + "1" * 32)
+        reference = complaint.reference
+        await worker.survey(reference, "cmd-sms-survey", {"sms": sender})
+        assert [m.kind for m in sender.delivered] == ["survey"]
+
+        answered_at = RECEIVED_AT + dt.timedelta(days=3)
+        answer = await worker.text("4", sid="SM" + "2" * 32, at=answered_at)
+        assert answer.acknowledgement is not None and answer.acknowledgement["short"] == THANKS_PL
+        route = await worker.spool.route(reference)
+        assert route is not None and route.last_inbound_at == answered_at.timestamp()  # their latest message, as a reply's is
+        again = await worker.text("4", sid="SM" + "2" * 32)  # Twilio's retry of the same message
+        assert again.duplicate and again.acknowledgement == answer.acknowledgement
+        [feedback] = await worker.events(FEEDBACK_RECEIVED)
+        assert (feedback["reference"], feedback["survey_id"], feedback["channel"]) == (reference, "cmd-sms-survey", "sms")
+        assert feedback["score"] == 4
+        assert len(await worker.events(COMPLAINT_RECEIVED)) == 1
+
+        # Its score given, the survey waits for no other: a later "5" is a message like any other.
+        later = await worker.text("5", sid="SM" + "3" * 32)
+        assert later.acknowledgement is not None and later.acknowledgement["short"] != THANKS_PL
+        assert len(await worker.events(FEEDBACK_RECEIVED)) == 1
+
+
+async def test_of_several_surveys_sent_to_one_number_the_newest_still_waiting_is_answered(tmp_path: Path):
+    sender = RecordingSender()
+    async with workers(tmp_path) as [worker]:
+        first = (await worker.text("Paczka przyszła rozbita.", sid="SM" + "a" * 32)).reference
+        second = (await worker.text("Druga paczka też nie dotarła.", sid="SM" + "b" * 32)).reference
+        await worker.survey(first, "cmd-first", {"sms": sender})
+        await worker.survey(second, "cmd-second", {"sms": sender})
+        assert (await worker.text("5", sid="SM" + "c" * 32)).acknowledgement["short"] == THANKS_PL
+        assert (await worker.text("2", sid="SM" + "d" * 32)).acknowledgement["short"] == THANKS_PL
+        answers = [(f["reference"], f["survey_id"], f["score"]) for f in await worker.events(FEEDBACK_RECEIVED)]
+    assert answers == [(second, "cmd-second", 5), (first, "cmd-first", 2)]
+
+
+async def test_a_survey_sent_to_a_contact_is_answered_by_a_bare_score_from_that_contact(tmp_path: Path):
+    # A partner's complaint, with no way back through the partner: the survey goes by SMS to the phone the complainant gave.
+    sender = RecordingSender()
+    async with workers(tmp_path) as [worker]:
+        customer = {"customer_id": "c-1", "phone": "+48 601 234 567", "locale": "pl"}
+        body = complaint_body("Paczka przyszła rozbita.", complainant=customer)
+        at = RECEIVED_AT
+        made = await worker.reception.receive(
+            channel="webhook", channel_message_id="acme/k-1", raw=body, received_at=at, ack="inline",
+            normalize=lambda: webhook_normalizer.to_complaint(body, partner="acme", idempotency_key="k-1", received_at=at),
+            route={"partner": "acme"},
+        )  # fmt: skip
+        await worker.survey(made.reference, "cmd-contact", {"sms": sender})
+        [asked] = sender.delivered
+        assert (asked.via, asked.route.address) == ("sms", {"to": CUSTOMER})
+        assert (await worker.text("3", sid="SM" + "e" * 32)).acknowledgement["short"] == THANKS_PL
+        [feedback] = await worker.events(FEEDBACK_RECEIVED)
+    assert (feedback["reference"], feedback["score"], feedback["channel"]) == (made.reference, 3, "sms")
+
+
+async def test_a_survey_worker_0_asked_is_answered_through_worker_1_and_counted_once_when_redelivered_to_worker_0(tmp_path: Path):
+    sender = RecordingSender()
+    async with workers(tmp_path, 2) as [zero, one]:
+        reference = (await one.text("Mein Paket kam beschädigt an.", sid="SM" + "f" * 32, whatsapp=True)).reference
+        await zero.survey(reference, "cmd-across", {"whatsapp": sender})  # the commands are worker 0's
+        assert await one.spool.route(reference) is not None and await zero.spool.route(reference) is not None
+
+        answer = await one.text("5", sid="SM" + "9" * 32, whatsapp=True)
+        thanks = texts.compose_feedback_thanks("de").short
+        assert answer.acknowledgement is not None and answer.acknowledgement["short"] == thanks
+        # Twilio retries on a timeout, and the kernel may hand the retry to the other worker.
+        again = await zero.text("5", sid="SM" + "9" * 32, whatsapp=True)
+        assert again.acknowledgement is not None and again.acknowledgement["short"] == thanks
+        [feedback] = [*await one.events(FEEDBACK_RECEIVED), *await zero.events(FEEDBACK_RECEIVED)]
+        assert (feedback["reference"], feedback["survey_id"], feedback["score"]) == (reference, "cmd-across", 5)
+        assert len(await one.events(COMPLAINT_RECEIVED)) == 1 and await zero.events(COMPLAINT_RECEIVED) == []
+        # Answered on worker 1, closed for a bare score on both.
+        later = await zero.text("4", sid="SM" + "8" * 32, whatsapp=True)
+        assert later.acknowledgement is not None and later.acknowledgement["short"] != thanks
 
 
 # --- the texts ----------------------------------------------------------------------------------

@@ -289,3 +289,39 @@ async def test_a_spool_written_one_row_per_event_is_migrated_in_order(tmp_path: 
         assert (await spool.take_events(after_seq=9, limit=10))[0].seq > 9
     finally:
         await spool.close()
+
+
+async def test_a_spool_whose_surveys_did_not_keep_whom_they_asked_learns_it_from_their_routes(tmp_path: Path):
+    from intake.spool import CommandIntake
+    from intake.twoway import Route, Survey
+
+    path = tmp_path / "surveys.db"
+    spool = Spool(path)
+    await spool.open()
+    try:
+        sms = Route(channel="sms", address={"to": "+48601234567", "from": "+15005550006"}, locale="pl", last_inbound_at=1.0)
+        web = Route(channel="web", address={}, locale="de", last_inbound_at=1.0, contacts={"email": "Eva@Example.com"})
+        for n, (route, via) in enumerate([(sms, "sms"), (web, "email")], start=1):
+            taken = submission(n)
+            taken.route = route
+            await spool.accept(taken)
+            reference = taken.reference
+            await spool.store_commands([CommandIntake(dedupe_id=f"survey-{n}", reference=reference, ce_type="survey", data={})])
+            [due] = [c for c in await spool.due_commands(now=2**40) if c.reference == reference]
+            # As before the column: nobody named.
+            await spool.command_done(due.id, [], survey=Survey(survey_id=f"survey-{n}"), survey_channel=via)
+    finally:
+        await spool.close()
+    with sqlite3.connect(path) as old:  # the survey table as it was before it kept whom it asked
+        old.executescript("DROP INDEX survey_asked_of; ALTER TABLE survey DROP COLUMN asked_of;")
+
+    spool = Spool(path)
+    await spool.open()
+    try:
+        by_sms = await spool.survey_asked_of("sms:+48601234567", "answer-1")
+        by_mail = await spool.survey_asked_of("email:eva@example.com", "answer-2")
+        assert by_sms is not None and (by_sms.reference, by_sms.survey.survey_id) == ("C-0000-0001", "survey-1")
+        assert by_mail is not None and (by_mail.reference, by_mail.survey.survey_id) == ("C-0000-0002", "survey-2")
+        assert await spool.survey_asked_of("whatsapp:+48601234567", "answer-3") is None
+    finally:
+        await spool.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from intake.spool import Event
-from intake.twoway import Feedback, Route, StatusView, Survey
+from intake.twoway import AskedSurvey, Feedback, Route, StatusView, Survey
 
 
 @dataclass
@@ -18,6 +18,8 @@ class MemoryConversations:
     routes: dict[str, Route] = field(default_factory=dict)
     statuses: dict[str, StatusView] = field(default_factory=dict)
     surveys: dict[str, Survey] = field(default_factory=dict)
+    # Whom each reference's survey was sent to (intake.twoway.reply_address), the oldest first.
+    asked_of: dict[str, str] = field(default_factory=dict)
     answers: dict[tuple[str, str], tuple[Feedback, Event]] = field(default_factory=dict)
     lookups: list[str] = field(default_factory=list)
 
@@ -35,6 +37,18 @@ class MemoryConversations:
         if survey is None or any(key[0] == survey.survey_id for key in self.answers):
             return None
         return survey
+
+    async def survey_asked_of(self, asked_of: str, answer_id: str) -> AskedSurvey | None:
+        self.lookups.append("survey_asked_of")
+        for reference in reversed(list(self.asked_of)):
+            survey = self.surveys.get(reference)
+            if survey is None or self.asked_of[reference] != asked_of:
+                continue
+            if (survey.survey_id, answer_id) in self.answers:
+                return AskedSurvey(reference, survey, answered=True)
+            if not any(key[0] == survey.survey_id for key in self.answers):
+                return AskedSurvey(reference, survey)
+        return None
 
     async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
         key = (feedback.survey_id, feedback.answer_id)
