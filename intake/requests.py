@@ -43,7 +43,6 @@ __all__ = [
     "CustomerRequests",
     "SurveyAnswer",
     "holds",
-    "parse_bare_score",
     "parse_survey_answer",
     "parse_status_request",
     "status_requested_event",
@@ -169,24 +168,6 @@ def parse_survey_answer(text: str, *, nps: bool = True, comment: bool = True) ->
             rest = text.strip()[match.end("of") if match["of"] else match.end("score") :]
     remark = rest.lstrip(" \t\r\n,;.:!-–—").strip() if comment else ""
     return SurveyAnswer(score, likely, remark[:MAX_COMMENT_CHARS] or None)
-
-
-# A score and nothing else, as a reply that names no complaint must be to count as an answer: "4", " 4. ", "٤", "4/5".
-_BARE_SCORE = re.compile(r"\s*(?P<score>\d)(?:\s*/\s*(?P<of>\d))?\s*[.!]*\s*")
-
-
-def parse_bare_score(text: str) -> int | None:
-    """The score 1-5 that ``text`` is, with nothing else but spaces and a full stop or an exclamation mark; else None.
-
-    Stricter than :func:`parse_survey_answer`: without a reference, "2 parcels lost" is a complaint, not a score.
-    """
-    match = _BARE_SCORE.fullmatch(text)
-    if match is None:
-        return None
-    score = _number(match["score"])
-    if not 1 <= score <= 5 or (match["of"] is not None and _number(match["of"]) != 5):
-        return None
-    return score
 
 
 # --- who holds a complaint ------------------------------------------------------------------
@@ -340,10 +321,13 @@ class CustomerRequests:
         return self._feedback(complaint, complaint.follows_up, survey, answer, route)
 
     async def _bare_score(self, complaint: Complaint, words: str) -> Interception | None:
-        """A score alone, from whom a survey was sent to: its answer; the newest survey, if several wait."""
-        score = parse_bare_score(words)
-        if score is None:
-            return None
+        """A reply in the form the survey asked for, from whom it was sent to: its answer; the newest survey, if several wait.
+
+        The survey's text asks for "1-5, optionally followed by 0-10 and a comment" (as the survey was configured), and
+        a customer who follows it to the letter is answering, not complaining. Anything beyond what the survey asked
+        for ("2 parcels still missing" to a survey without a comment, "4?") stays a message like any other."""
+        if _ANSWER.fullmatch(words.strip()) is None:
+            return None  # not even shaped like an answer: no lookup
         sender = sender_address(complaint)
         if sender is None:
             return None
@@ -353,10 +337,13 @@ class CustomerRequests:
         route = await self._conversations.route(asked.reference)
         if route is None:
             return None
+        answer = parse_survey_answer(words, nps=asked.survey.nps, comment=True)
+        if answer is None or (answer.comment is not None and not asked.survey.comment):
+            return None
         if asked.answered:
             # Recorded already, through another worker: thanked again, counted once.
             return Interception(kind="feedback", events=[], answer=texts.compose_feedback_thanks(route.locale))
-        return self._feedback(complaint, asked.reference, asked.survey, SurveyAnswer(score, None, None), route)
+        return self._feedback(complaint, asked.reference, asked.survey, answer, route)
 
     async def _status(self, complaint: Complaint, reference: str, language: str | None) -> Interception:
         # Both lookups whatever the first says: a reference that is not the asker's costs what a missing one costs.

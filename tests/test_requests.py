@@ -27,7 +27,6 @@ from intake.requests import (
     MAX_COMMENT_CHARS,
     STATUS_REQUESTED,
     CustomerRequests,
-    parse_bare_score,
     parse_status_request,
     parse_survey_answer,
 )
@@ -341,18 +340,46 @@ async def test_a_score_from_someone_else_or_without_an_open_survey_is_a_message(
 
 
 @pytest.mark.parametrize(
-    ("text", "score"),
-    [("4", 4), (" 5 \n", 5), ("3.", 3), ("5!", 5), ("4/5", 4), ("٤", 4), ("۴", 4), ("４", 4), ("1 / 5", 1)],
+    ("text", "nps", "comment", "expected"),
+    [
+        ("4", True, True, (4, None, None)),
+        (" 5 \n", True, True, (5, None, None)),
+        ("3.", False, False, (3, None, None)),
+        ("5!", False, False, (5, None, None)),
+        ("4/5", True, True, (4, None, None)),
+        ("٤", True, True, (4, None, None)),
+        ("۴", True, True, (4, None, None)),
+        ("４", True, True, (4, None, None)),
+        ("1 / 5", True, True, (1, None, None)),
+        # What the survey's own text invites: "1-5, optionally followed by 0-10 ... and a comment".
+        ("4 9", True, False, (4, 9, None)),
+        ("4 9 very quick, thanks", True, True, (4, 9, "very quick, thanks")),
+        ("2 the courier was rude", False, True, (2, None, "the courier was rude")),
+    ],
 )
-def test_a_score_alone_with_spaces_a_full_stop_or_its_scale_is_a_bare_score(text: str, score: int):
-    assert parse_bare_score(text) == score
+async def test_a_reply_in_the_form_the_survey_asked_for_answers_it(text: str, nps: bool, comment: bool, expected: tuple):
+    store = conversations(route=sms_route())
+    store.surveys[REFERENCE] = Survey(survey_id="cmd-survey-5", nps=nps, comment=comment)
+    store.asked_of[REFERENCE] = f"sms:{CUSTOMER}"
+    interception = await requests(store).intercept(sms(text), None)
+    assert interception is not None and interception.feedback is not None, text
+    feedback = interception.feedback
+    assert (feedback.score, feedback.nps, feedback.comment) == expected
 
 
 @pytest.mark.parametrize(
-    "text", ["0", "6", "10", "4 9", "4 9 quick", "2 parcels lost", "4?", "4/10", "-4", "", "five", "4 stars", "C-7K3M-9QXA 4"]
-)
-def test_anything_more_than_a_score_is_no_bare_score(text: str):
-    assert parse_bare_score(text) is None
+    ("text", "nps", "comment"),
+    [
+        ("0", True, True), ("6", True, True), ("10", True, True), ("4?", True, True), ("4/10", True, True),
+        ("-4", True, True), ("", True, True), ("five", True, True), ("4 stars", True, False),
+        ("2 parcels still missing", True, False), ("4 9", False, False), ("4 9 quick", True, False),
+    ],
+)  # fmt: skip
+async def test_more_than_the_survey_asked_for_is_a_message(text: str, nps: bool, comment: bool):
+    store = conversations(route=sms_route())
+    store.surveys[REFERENCE] = Survey(survey_id="cmd-survey-6", nps=nps, comment=comment)
+    store.asked_of[REFERENCE] = f"sms:{CUSTOMER}"
+    assert await requests(store).intercept(sms(text), None) is None, text
 
 
 def telegram_route(chat_id: int = 5550001) -> Route:
@@ -396,8 +423,7 @@ async def test_without_a_reference_more_than_a_score_or_a_score_from_elsewhere_i
     store.surveys[REFERENCE] = Survey(survey_id="cmd-survey-4")
     store.asked_of[REFERENCE] = f"sms:{CUSTOMER}"
     assert await requests(store).intercept(sms("4"), None) is not None
-    for text in ("4 9 very quick", "2 parcels still missing", "4?"):
-        assert await requests(store).intercept(sms(text), None) is None, text
+    assert await requests(store).intercept(sms("4?"), None) is None
     assert await requests(store).intercept(sms("4", sender=STRANGER), None) is None
     assert await requests(store).intercept(sms("4", whatsapp=True), None) is None  # asked by SMS, not on WhatsApp
     store.asked_of.clear()
