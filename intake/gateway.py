@@ -36,6 +36,7 @@ from intake.http import BodyTooLarge, BodyUnreadable, read_body
 from intake.delivery import Delivery
 from intake.inbox import Normaliser
 from intake.metrics import Metrics
+from intake.normalizer import language
 from intake.outbound import ConsumerFactory, OutboundConsumer, default_consumer
 from intake.pause import pause
 from intake.problems import problem
@@ -379,6 +380,10 @@ class Gateway:
         for spool in self.left_spools:
             await spool.open()
             await self._adopt_inbox(spool)
+        if self.settings.webhook.partners:
+            # A partner's complaint without a language is guessed by the model: loaded now (0.8 s), not by the first
+            # complaint, in the event loop, while every other request on this worker waits. Email and Twilio load it too.
+            await asyncio.to_thread(language.model)
         for service in self.services:
             self.supervisor.add(service)
         await self.supervisor.start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -367,3 +369,28 @@ def test_the_language_of_a_complaint_is_read_from_its_text_not_copied_from_the_l
     assert language(complaint_body("ok")) is None
     # A partner that says what language it is, is believed.
     assert language(complaint_body(german, language="fr")) == "fr"
+
+
+def test_the_language_model_is_loaded_before_the_first_partner_complaint(tmp_path: Path):
+    # Loading it takes about a second, during which the first complaint would hold the event loop and every request
+    # on the worker with it. A fresh process: in this one another test has loaded it already.
+    program = f"""
+import asyncio, sys
+from intake.gateway import Gateway
+from intake.normalizer import language
+from tests.support.gateway import settings
+
+async def main():
+    gateway = Gateway(settings(__import__("pathlib").Path({str(tmp_path)!r}), "127.0.0.1:9", "unused"))
+    assert not language._loaded
+    await gateway.start()
+    try:
+        print("loaded" if language._loaded else "not loaded")
+    finally:
+        await gateway.stop()
+
+asyncio.run(main())
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "loaded"
