@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from intake import texts
+from intake.feedback import DEFAULT_MAX_AGE
 from intake.events import _event, feedback_event
 from intake.i18n import negotiate
 from intake.spool import Event
@@ -140,6 +141,11 @@ _ANSWER = re.compile(
     r"(?P<rest>(?:[\s,;.:!\-–—]+|$).*)",
     re.DOTALL,
 )
+
+
+# How long a survey sent by SMS, WhatsApp, Telegram or mail takes a reply that names no complaint: as long as the links
+# of a mailed survey stay valid.
+ANSWER_WINDOW_SECONDS = DEFAULT_MAX_AGE
 
 
 def _number(digits: str) -> int:
@@ -334,6 +340,8 @@ class CustomerRequests:
         asked = await self._conversations.survey_asked_of(sender, str(complaint.id))
         if asked is None:
             return None  # no survey waits for this sender's score: a message like any other
+        if complaint.received_at.timestamp() - asked.asked_at > ANSWER_WINDOW_SECONDS:
+            return None  # asked too long ago: a "1" now answers something else, as the survey's mailed links expire too
         route = await self._conversations.route(asked.reference)
         if route is None:
             return None

@@ -437,7 +437,9 @@ def awaiting_score(asked: list[SurveyRow], rows: list[SurveyRow], answered: set[
             continue
         nps = candidate.nps and all(row.nps_at is None for row in mine)
         comment = candidate.comment and all(row.comment_at is None for row in mine)
-        return AskedSurvey(candidate.reference, Survey(survey_id=candidate.survey_id, nps=nps, comment=comment), answered=again)
+        return AskedSurvey(
+            candidate.reference, Survey(survey_id=candidate.survey_id, nps=nps, comment=comment), answered=again, asked_at=candidate.asked_at
+        )
     return None
 
 

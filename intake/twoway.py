@@ -79,6 +79,7 @@ class AskedSurvey:
     reference: str
     survey: Survey
     answered: bool = False  # the answer looking it up was recorded before: a redelivery, thanked again, not counted again
+    asked_at: float = 0.0  # when it was sent (Unix seconds)
 
 
 def reply_address(channel: str, to: object) -> str | None:

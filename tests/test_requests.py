@@ -426,6 +426,10 @@ async def test_without_a_reference_more_than_a_score_or_a_score_from_elsewhere_i
     assert await requests(store).intercept(sms("4?"), None) is None
     assert await requests(store).intercept(sms("4", sender=STRANGER), None) is None
     assert await requests(store).intercept(sms("4", whatsapp=True), None) is None  # asked by SMS, not on WhatsApp
+    store.asked_at[REFERENCE] = RECEIVED_AT.timestamp() - 31 * 24 * 3600
+    assert await requests(store).intercept(sms("4"), None) is None  # asked more than 30 days ago: a "4" now is news
+    store.asked_at[REFERENCE] = RECEIVED_AT.timestamp() - 29 * 24 * 3600
+    assert await requests(store).intercept(sms("4"), None) is not None
     store.asked_of.clear()
     assert await requests(store).intercept(sms("4"), None) is None  # no survey sent to this number
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from intake.spool import Event
@@ -20,6 +21,7 @@ class MemoryConversations:
     surveys: dict[str, Survey] = field(default_factory=dict)
     # Whom each reference's survey was sent to (intake.twoway.reply_address), the oldest first.
     asked_of: dict[str, str] = field(default_factory=dict)
+    asked_at: dict[str, float] = field(default_factory=dict)  # when each reference's survey was sent; now by default
     answers: dict[tuple[str, str], tuple[Feedback, Event]] = field(default_factory=dict)
     lookups: list[str] = field(default_factory=list)
 
@@ -44,10 +46,11 @@ class MemoryConversations:
             survey = self.surveys.get(reference)
             if survey is None or self.asked_of[reference] != asked_of:
                 continue
+            asked_at = self.asked_at.get(reference, time.time())
             if (survey.survey_id, answer_id) in self.answers:
-                return AskedSurvey(reference, survey, answered=True)
+                return AskedSurvey(reference, survey, answered=True, asked_at=asked_at)
             if not any(key[0] == survey.survey_id for key in self.answers):
-                return AskedSurvey(reference, survey)
+                return AskedSurvey(reference, survey, asked_at=asked_at)
         return None
 
     async def record_feedback(self, feedback: Feedback, event: Event) -> bool:
