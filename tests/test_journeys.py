@@ -477,10 +477,11 @@ async def test_an_sms_complaint_is_answered_once_by_sms_in_polish_surveyed_by_a_
 
         await status_told_only_to_its_holder(j, reference, "pl", ask, short=True, channel="sms")
 
-        # The survey, answered as it asks: a reply with the score.
-        thanks = twiml_text(await twilio_post(j, inbound_sms("4", sender=PHONE)))
+        # The survey, answered to the letter of its text: the score, then 0-10 and a comment.
+        thanks = twiml_text(await twilio_post(j, inbound_sms("4 9 Szybko, dziękuję", sender=PHONE)))
         assert thanks == texts.compose_feedback_thanks("pl").short, "the score was not taken as the survey's answer"
-        await feedback(j, reference, "sms", 4)
+        answer = await feedback(j, reference, "sms", 4)
+        assert (answer.data["nps"], answer.data["comment"]) == (9, "Szybko, dziękuję")
         assert len(j.main.of(events.COMPLAINT_RECEIVED)) == 1
 
 
