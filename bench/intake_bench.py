@@ -88,6 +88,13 @@ def cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of every core so far, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def peak_memory_mib(pid: int) -> float:
     total = 0
     for member in _tree(pid):
@@ -381,14 +388,21 @@ class Bench:
     ) -> dict[str, float]:
         pid = server.process.pid
         cpu_before = cpu_seconds(pid)
+        machine_before = machine_cpu()
         result = await start_drive()
         accepted = len(result.latencies)
         on_topic = None
         if topic is not None:
             on_topic = await on_topic_at(self.bootstrap, topic, expect_before + accepted)
         cpu = cpu_seconds(pid) - cpu_before
+        busy, total = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
         memory = peak_memory_mib(pid)
-        return figures(result, cpu, on_topic, memory, await cpu_until_idle(pid))
+        row = figures(result, cpu, on_topic, memory, await cpu_until_idle(pid))
+        # How busy the machine's cores were meanwhile (the server, the broker, the load generator and anything else):
+        # near 100 %, the figures measure the machine as much as the server.
+        row["machine_busy_pct"] = 100.0 * busy / total if total else float("nan")
+        row["load_1m"] = os.getloadavg()[0]
+        return row
 
     async def webhook_row(
         self, name: str, command: list[str], port: int, topic: str, *, clients: int, cwd: Path = ROOT, rate: float = 0.0, requests: int | None = None
@@ -463,7 +477,10 @@ from_address = "complaints@example.test"
             relay.stop()
 
 
-COLUMNS = ["accepted_per_s", "p50_ms", "p99_ms", "cpu_s_per_1000", "all_on_topic_s", "after_last_s", "peak_rss_mib", "tail_cpu_s", "tail_s", "refused"]
+COLUMNS = [
+    "accepted_per_s", "p50_ms", "p99_ms", "cpu_s_per_1000", "all_on_topic_s", "after_last_s", "peak_rss_mib", "tail_cpu_s", "tail_s",
+    "refused", "machine_busy_pct", "load_1m",
+]  # fmt: skip
 
 
 def medians(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -474,9 +491,10 @@ def medians(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, floa
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:
-    print(f"{'server':<34}" + "".join(f"{c:>15}" for c in COLUMNS))
+    widths = [max(15, len(c) + 2) for c in COLUMNS]
+    print(f"{'server':<34}" + "".join(f"{c:>{w}}" for c, w in zip(COLUMNS, widths, strict=True)))
     for name, row in results.items():
-        print(f"{name:<34}" + "".join(f"{row[c]:>15.2f}" for c in COLUMNS))
+        print(f"{name:<34}" + "".join(f"{row[c]:>{w}.2f}" for c, w in zip(COLUMNS, widths, strict=True)))
     print("(tail: CPU seconds spent, and for how long, once all was on the topic: e.g. acknowledgements by mail)")
 
 
