@@ -301,8 +301,10 @@ class Gateway:
             clock=clock,
         )
         self._add_channel_routes("status_page", status_page.routes(static=not settings.web_form.enabled))
+        self.relay_connection = None
         if settings.email.enabled:
             email = email_channel.build(settings, self)
+            self.relay_connection = email.connection
             self.services.extend(service for service in email.services if self._runs_here(service))
             if email.sender is not None:
                 self.reply_senders["email"] = email.sender
@@ -399,6 +401,8 @@ class Gateway:
         await self.supervisor.stop(timeout=self.settings.shutdown_grace_seconds + 5)
         if self.twilio_sender is not None:  # after every loop that sends through it has stopped
             await self.twilio_sender.close()
+        if self.relay_connection is not None:  # its idle sessions, likewise
+            await self.relay_connection.close()
         if isinstance(self.conversations, SharedConversations):
             self.conversations.close()
         await self.spool.close()

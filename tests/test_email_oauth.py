@@ -216,7 +216,10 @@ async def test_acknowledgements_go_through_a_relay_that_wants_a_token(tmp_path: 
     finally:
         relay.stop()
     assert [a.recipients for a in acknowledgements] == [[CUSTOMER], [CUSTOMER]]
-    assert relay.sign_ins == [SignIn(mechanism.upper(), OUR_ADDRESS, True)] * 2
+    # Each session the relay saw signed in with the token; the second acknowledgement reuses the first's session,
+    # or (sent at the same time) its token.
+    assert relay.sign_ins and all(sign_in == SignIn(mechanism.upper(), OUR_ADDRESS, True) for sign_in in relay.sign_ins)
+    assert len(relay.sign_ins) <= 2
     assert len(authorization.grants_of(client)) == 1, "the second acknowledgement should reuse the token"
     assert len(of_type(records, "acknowledged")) == 2
 
@@ -260,6 +263,9 @@ async def test_a_token_the_relay_refuses_is_retried_later_with_a_new_one(authori
     sender = AcknowledgementSender(
         RelayConfig(**relay.config(auth="oauthbearer", username=OUR_ADDRESS, oauth=oauth)), EmailLimitsConfig(), Metrics()
     )
+    # A session per message, as with a relay that ends each one: a session already signed in would carry the second
+    # acknowledgement whatever became of its token since.
+    sender.connection.REUSE_MESSAGES = 1
     try:
         await sender.send_reply(acknowledgement(1))
         [first] = authorization.grants_of(client)

@@ -456,6 +456,29 @@ async def test_acknowledgements_are_capped_per_domain_and_in_all_and_never_go_to
     assert (suppressed("domain"), suppressed("total"), suppressed("role_address")) == (1, 1, 1)
 
 
+async def test_acknowledgements_share_a_relay_session_and_a_session_the_relay_closed_is_replaced(relay):
+    # Connecting, STARTTLS and AUTH once per burst, not once per mail, as Postfix's client caches its sessions.
+    from intake.channels.email import EmailLimitsConfig, RelayConfig
+    from intake.channels.email.reply import AcknowledgementSender
+    from intake.metrics import Metrics
+
+    sender = AcknowledgementSender(RelayConfig(**relay.config()), EmailLimitsConfig(), Metrics())
+
+    def payload(n: int) -> dict:
+        return {"to": f"customer{n}@customer.test", "subject": "s", "text": "t", "locale": "en", "direction": "ltr",
+                "message_id": f"<C-0000-{n:04d}.000000000000@example.test>"}  # fmt: skip
+
+    for n in range(5):
+        await sender.send_reply(payload(n))
+    assert len(relay.messages) == 5 and len({m.peer for m in relay.messages}) == 1 and sender.connection.opened == 1
+    relay.stop()  # the relay restarts: the idle session is gone
+    relay.start()
+    await sender.send_reply(payload(5))
+    assert [m.recipients for m in relay.messages[-1:]] == [["customer5@customer.test"]]  # sent once, on a new session
+    assert sender.connection.opened == 2
+    await sender.connection.close()
+
+
 async def test_a_loop_against_a_limit_is_counted_every_time_but_logged_once_per_window(relay, caplog: pytest.LogCaptureFixture):
     # An auto-responder loop meets the cap thousands of times: a warning (and an error from the replies) for each
     # would flood the log and cost the gateway more than the mail itself.

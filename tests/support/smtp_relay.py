@@ -34,6 +34,7 @@ class Captured:
     mail_from: str
     recipients: list[str]
     raw: bytes
+    peer: tuple[str, int] | None = None  # the client's end of the connection it came on: one per SMTP session
 
     @property
     def message(self) -> EmailMessage:
@@ -67,6 +68,7 @@ class _Handler:
                     mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
                     recipients=list(envelope.rcpt_tos),
                     raw=envelope.original_content or b"",
+                    peer=tuple(session.peer[:2]) if session.peer else None,
                 )
             )
         return "250 2.0.0 Captured"

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from intake.gateway import Gateway
     from intake.supervisor import Component
     from intake.replies import ReplySender
+    from intake.channels.email.reply import RelayConnection
     from intake.twoway import OutboundSender
 
 __all__ = [
@@ -323,6 +324,7 @@ class EmailChannel:
     services: list[Component] = field(default_factory=list)
     sender: ReplySender | None = None
     outbound: OutboundSender | None = None  # what downstream's commands send by email (intake.twoway)
+    connection: RelayConnection | None = None  # the relay sessions both send through; closed when the gateway stops
 
 
 def build(settings: Settings, gateway: Gateway) -> EmailChannel:
@@ -338,7 +340,7 @@ def build(settings: Settings, gateway: Gateway) -> EmailChannel:
     if not config.enabled:
         return channel
     # One connection for both: one access token, one TLS context.
-    connection = RelayConnection(config.relay)
+    connection = channel.connection = RelayConnection(config.relay)
     organisation = settings.acknowledgement.organisation
     channel.sender = AcknowledgementSender(config.relay, config.limits, gateway.metrics, organisation=organisation, connection=connection)
     channel.outbound = OutboundEmailSender(config.relay, config.limits, organisation=organisation, connection=connection)
