@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from intake.normalizer.bounds import as_invalid_message, load_json
+from intake.normalizer.bounds import as_invalid_message, load_json, says_something
 from intake.normalizer import contact, language
 from intake.normalizer.errors import FieldError, InvalidMessage, field_errors
 from intake.normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
@@ -59,6 +59,14 @@ class PartnerComplaint(BaseModel):
     desired_outcome: str | None = Field(None, max_length=5000)
     follows_up: Reference | None = None
     attachments: list[PartnerAttachment] = Field(default_factory=list, max_length=20)
+
+    @field_validator("text")
+    @classmethod
+    def _says_something(cls, value: str) -> str:
+        # Whitespace, zero-width marks or control characters only: a partner's bug, not a complaint to acknowledge.
+        if not says_something(value):
+            raise ValueError("the text is blank: only spaces, control characters or invisible marks")
+        return value
 
     @field_validator("follows_up", mode="before")
     @classmethod

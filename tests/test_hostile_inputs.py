@@ -1,0 +1,84 @@
+"""Inputs real senders and hostile ones send that each channel's own tests do not: what comes out on the topic is text a
+consumer can store, and what says nothing is refused, on every channel alike."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+
+from intake.normalizer import telegram, twilio, webhook
+from intake.normalizer.errors import InvalidMessage
+from intake.normalizer.record import Complaint
+from tests.support.gateway import running, settings, signed_headers
+from tests.support.telegram_api import BOT_ID, message, user
+from tests.support.topic import read_topic
+
+RECEIVED_AT = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+LOCALES = ["en", "de", "fa", "pl"]
+
+
+def from_partner(text: str) -> Complaint:
+    body = json.dumps({"text": text, "subject": text, "complainant": {"name": text}}).encode()
+    return webhook.to_complaint(body, partner="acme", idempotency_key="k-1", received_at=RECEIVED_AT)
+
+
+def by_sms(text: str) -> Complaint:
+    body = urlencode({"MessageSid": "SM" + "a" * 32, "From": "+4915112345678", "To": "+15005550006", "Body": text}).encode()
+    return twilio.to_complaint(body, received_at=RECEIVED_AT, locales=LOCALES)
+
+
+def by_whatsapp(text: str) -> Complaint:
+    body = urlencode(
+        {"MessageSid": "SM" + "b" * 32, "From": "whatsapp:+4915112345678", "To": "whatsapp:+14155238886", "Body": text, "ProfileName": text}
+    ).encode()
+    return twilio.to_complaint(body, received_at=RECEIVED_AT, locales=LOCALES)
+
+
+def by_telegram(text: str) -> Complaint:
+    raw = json.dumps({"update_id": 7, "message": message(user(first_name=text), 3, text=text)}).encode()
+    return telegram.to_complaint(raw, received_at=RECEIVED_AT, bot_id=BOT_ID)
+
+
+CHANNELS = [from_partner, by_sms, by_whatsapp, by_telegram]
+
+
+@pytest.mark.parametrize("receive", CHANNELS, ids=lambda receive: receive.__name__)
+def test_control_characters_never_reach_the_record_on_any_channel(receive) -> None:
+    # A NUL is refused by consumers that keep the record in PostgreSQL (text and jsonb cannot hold U+0000).
+    complaint = receive("Mein Paket\x00 kam\x07 kaputt\x1b[31m an,\x7f\x85 bitte\tErsatz.\r\nDanke")
+    published = complaint.to_json().decode()
+    assert "\\u0000" not in published and "\\u0007" not in published and "\\u001b" not in published
+    assert complaint.text == "Mein Paket kam kaputt[31m an, bitte\tErsatz.\r\nDanke"
+    assert all(value is None or "\x00" not in value for value in (complaint.subject, complaint.complainant.name))
+
+
+@pytest.mark.parametrize("receive", CHANNELS, ids=lambda receive: receive.__name__)
+def test_the_marks_persian_and_emoji_are_spelled_with_are_kept(receive) -> None:
+    text = "می\u200cخواهم بسته\u200cام را پس بدهم \U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert receive(text).text == text
+
+
+@pytest.mark.parametrize("text", [" ", "\n\t ", "\u200b\u200b", "\x00", "\x07\x1b", "\ufeff", "\u00a0\u3000", "\u2066\u2069"])
+def test_a_partner_complaint_that_says_nothing_is_refused_naming_the_text(text: str) -> None:
+    with pytest.raises(InvalidMessage) as refused:
+        from_partner(text)
+    assert [error.field for error in refused.value.errors] == ["text"]
+
+
+async def test_a_blank_partner_complaint_gets_a_422_and_nothing_is_stored(tmp_path: Path, kafka, topic):
+    async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
+        for index, text in enumerate(["   ", "\u200b\u200d", "\x00\x00"]):
+            body = json.dumps({"text": text}).encode()
+            headers = signed_headers(body, f"blank-{index}")
+            async with http.post(f"{base}/webhook/acme", data=body, headers=headers) as response:
+                assert response.status == 422
+                assert response.content_type == "application/problem+json"
+                problem = await response.json(content_type=None)
+            assert [error["field"] for error in problem["errors"]] == ["text"]
+        assert (await gateway.spool.status()).messages == 0
+    assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
