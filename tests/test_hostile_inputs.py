@@ -82,3 +82,28 @@ async def test_a_blank_partner_complaint_gets_a_422_and_nothing_is_stored(tmp_pa
             assert [error["field"] for error in problem["errors"]] == ["text"]
         assert (await gateway.spool.status()).messages == 0
     assert await read_topic(kafka.bootstrap, topic, expect=1, timeout=2) == []
+
+
+def test_a_channels_post_forwarded_into_its_discussion_group_is_not_a_customer() -> None:
+    # Telegram names its service user "Telegram" (777000, is_bot false) as the sender of a linked channel's post.
+    service = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
+    post = message(service, 41, text="Our new opening hours from Monday", is_automatic_forward=True)
+    post["chat"] = {"id": -1001234567890, "type": "supergroup", "title": "Shop discussion"}
+    post["sender_chat"] = {"id": -1009876543210, "type": "channel", "title": "Shop news"}
+    complaint = telegram.to_complaint(json.dumps({"update_id": 9, "message": post}).encode(), received_at=RECEIVED_AT, bot_id=BOT_ID)
+    assert complaint.flags.automated is True
+    assert complaint.flags.automated_reason
+
+
+@pytest.mark.parametrize(("sender", "reason"), [("40404", "short code"), ("DHL Paket", "sender id"), ("VERIFY", "sender id")])
+def test_an_sms_from_a_short_code_or_a_sender_id_is_recorded_as_automated(sender: str, reason: str) -> None:
+    body = urlencode({"MessageSid": "SM" + "c" * 32, "From": sender, "To": "+15005550006", "Body": "Your code is 381204"}).encode()
+    complaint = twilio.to_complaint(body, received_at=RECEIVED_AT, locales=LOCALES)
+    assert complaint.flags.automated is True
+    assert reason in (complaint.flags.automated_reason or "")
+
+
+@pytest.mark.parametrize("sender", ["+4915112345678", "+14155550100"])
+def test_an_sms_from_a_phone_number_is_a_person(sender: str) -> None:
+    body = urlencode({"MessageSid": "SM" + "d" * 32, "From": sender, "To": "+15005550006", "Body": "Mein Paket ist kaputt"}).encode()
+    assert twilio.to_complaint(body, received_at=RECEIVED_AT, locales=LOCALES).flags.automated is False

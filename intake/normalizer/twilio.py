@@ -206,6 +206,26 @@ def _sender(params: Params) -> tuple[phonenumbers.PhoneNumber | None, str]:
     return (number if phonenumbers.is_possible_number(number) else None), address
 
 
+# Short codes have 3 to 8 digits around the world; sender ids up to 11 letters, digits and spaces, at least one letter.
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+_SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ._&-]{1,11}")
+
+
+def _application_sender(address: str) -> str | None:
+    """Why an SMS sender is an application rather than a person (None for a phone number).
+
+    Twilio gives a phone number in E.164, with its plus. A short code (``40404``) is leased to an
+    application (a bank's codes, a carrier's notices, another company's alerts), and an alphanumeric
+    sender id (``DHL``) is one-way: neither is someone with a complaint, and an acknowledgement to one
+    either fails or starts a conversation between two robots.
+    """
+    if _SHORT_CODE.fullmatch(address):
+        return "sent from a short code"
+    if _SENDER_ID.fullmatch(address):
+        return "sent from an alphanumeric sender id"
+    return None
+
+
 def _identifier() -> Callable[[str], list[tuple[str, float]]]:
     return language.model().rank
 
@@ -301,6 +321,7 @@ def to_complaint(
     phone = _e164(number)
     country = (phonenumbers.region_code_for_number(number) if number is not None else None) or params.get("FromCountry") or None
 
+    automated = None if channel == "whatsapp" else _application_sender(address)
     whole = _text(params)
     text, truncated = fit(whole, _MAX_TEXT)
     full_text, _ = fit(whole if truncated else None, _MAX_FULL_TEXT)
@@ -349,6 +370,6 @@ def to_complaint(
             language=language,
             follows_up=parse_reference(text or ""),
             attachments=attachments,
-            flags=Flags(truncated=truncated),
+            flags=Flags(automated=automated is not None, automated_reason=automated, truncated=truncated),
             origin={name: value for name, value in origin.items() if value},
         )
