@@ -43,6 +43,12 @@ class HttpConfig(_Section):
         description="The URL the outside world uses to reach this gateway (behind a TLS proxy), e.g. https://complaints.example.com. "
         "Signatures that cover the URL (Twilio) are checked against it.",
     )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long the body of a webhook request (partner, Twilio, Telegram, a form without files) may take to arrive "
+        "once its headers have: a sender that trickles it holds a connection and memory. Past it the answer is 408.",
+    )
 
 
 class KafkaConfig(_Section):

@@ -3,8 +3,10 @@ consumer can store, and what says nothing is refused, on every channel alike."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -15,6 +17,7 @@ from intake.normalizer import telegram, twilio, webhook
 from intake.normalizer.errors import InvalidMessage
 from intake.normalizer.record import Complaint
 from tests.support.gateway import running, settings, signed_headers
+from tests.support.raw_http import post_and_stall
 from tests.support.telegram_api import BOT_ID, message, user
 from tests.support.topic import read_topic
 
@@ -107,3 +110,20 @@ def test_an_sms_from_a_short_code_or_a_sender_id_is_recorded_as_automated(sender
 def test_an_sms_from_a_phone_number_is_a_person(sender: str) -> None:
     body = urlencode({"MessageSid": "SM" + "d" * 32, "From": sender, "To": "+15005550006", "Body": "Mein Paket ist kaputt"}).encode()
     assert twilio.to_complaint(body, received_at=RECEIVED_AT, locales=LOCALES).flags.automated is False
+
+
+async def test_a_body_that_stops_arriving_is_answered_408_on_every_webhook(tmp_path: Path, kafka, topic):
+    config = settings(
+        tmp_path, kafka.bootstrap, topic, http={"body_timeout_seconds": 0.5}, twilio={"enabled": True, "auth_tokens": ["0" * 32]}
+    )
+    body = json.dumps({"text": "My parcel arrived broken."}).encode()
+    async with running(config) as (gateway, base):
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            post_and_stall(f"{base}/webhook/acme", signed_headers(body, "slow-1"), body[:10], length=len(body)),
+            post_and_stall(f"{base}/twilio/messages", {"Content-Type": "application/x-www-form-urlencoded"}, b"Body=Hel", length=500),
+        )
+        elapsed = time.monotonic() - started
+        assert (await gateway.spool.status()).messages == 0
+    assert [status for status, _head in answers] == [408, 408]
+    assert elapsed < 5
