@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import mimetypes
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -71,6 +72,8 @@ _KEYWORDS: dict[str, Keyword] = {
 }
 # With Advanced Opt-Out a Messaging Service tells us which kind of keyword it matched
 # (its own, possibly localised, keywords included).
+# Stripped from both ends of a body before it is matched: spaces, punctuation, symbols (emoji) as the phone added them.
+_AROUND_A_WORD = re.compile(r"^[\W_]+|[\W_]+$")
 _OPT_OUT_TYPES: dict[str, Keyword] = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"}
 
 # An inbound message carries SmsStatus=received; anything else is a delivery report.
@@ -136,7 +139,19 @@ def keyword(params: Params) -> Keyword | None:
         return _OPT_OUT_TYPES[opt_out_type]
     if _count(params.get("NumMedia")) > 0:
         return None
-    return _KEYWORDS.get(params.get("Body", "").strip().upper())
+    return _KEYWORDS.get(_bare_word(params.get("Body", "")))
+
+
+def _bare_word(body: str) -> str:
+    """The body as one keyword would be written: "Stop.", "STOP!", "\u200bstop", full-width "ＳＴＯＰ" and "Stop 🛑" are STOP.
+
+    Phones append punctuation and emoji, keyboards insert zero-width marks and full-width letters: the customer
+    asked to stop all the same, and an acknowledgement would be a message after an opt-out.
+    """
+    if len(body) > 40:  # no keyword is longer; not worth normalising a whole complaint for
+        return ""
+    word = "".join(char for char in unicodedata.normalize("NFKC", body) if unicodedata.category(char) != "Cf")
+    return _AROUND_A_WORD.sub("", word).upper()
 
 
 def _count(value: str | None) -> int:
