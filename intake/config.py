@@ -47,7 +47,8 @@ class HttpConfig(_Section):
         30.0,
         gt=0,
         description="How long the body of a webhook request (partner, Twilio, Telegram, a form without files) may take to arrive "
-        "once its headers have: a sender that trickles it holds a connection and memory. Past it the answer is 408.",
+        "once its headers have, and how long a form upload may pause: a sender that trickles it holds a connection and memory. "
+        "Past it a webhook is answered 408, the form comes back with what was typed.",
     )
 
 

@@ -112,18 +112,27 @@ def test_an_sms_from_a_phone_number_is_a_person(sender: str) -> None:
     assert twilio.to_complaint(body, received_at=RECEIVED_AT, locales=LOCALES).flags.automated is False
 
 
-async def test_a_body_that_stops_arriving_is_answered_408_on_every_webhook(tmp_path: Path, kafka, topic):
+async def test_a_body_that_stops_arriving_is_answered_on_every_http_channel(tmp_path: Path, kafka, topic):
     config = settings(
-        tmp_path, kafka.bootstrap, topic, http={"body_timeout_seconds": 0.5}, twilio={"enabled": True, "auth_tokens": ["0" * 32]}
+        tmp_path,
+        kafka.bootstrap,
+        topic,
+        http={"body_timeout_seconds": 0.5},
+        twilio={"enabled": True, "auth_tokens": ["0" * 32]},
+        web_form={"enabled": True},
+        attachments={"directory": str(tmp_path / "attachments")},
     )
     body = json.dumps({"text": "My parcel arrived broken."}).encode()
+    upload = b'--b\r\nContent-Disposition: form-data; name="attachments"; filename="damage.jpg"\r\n\r\n\xff\xd8\xff'
     async with running(config) as (gateway, base):
         started = time.monotonic()
         answers = await asyncio.gather(
             post_and_stall(f"{base}/webhook/acme", signed_headers(body, "slow-1"), body[:10], length=len(body)),
             post_and_stall(f"{base}/twilio/messages", {"Content-Type": "application/x-www-form-urlencoded"}, b"Body=Hel", length=500),
+            post_and_stall(f"{base}/complaint", {"Content-Type": "multipart/form-data; boundary=b"}, upload, length=200_000),
         )
         elapsed = time.monotonic() - started
         assert (await gateway.spool.status()).messages == 0
-    assert [status for status, _head in answers] == [408, 408]
+    # 408 where a sender retries by itself; the form is given back to the person at the browser.
+    assert [status for status, _head in answers] == [408, 408, 400]
     assert elapsed < 5
