@@ -73,6 +73,17 @@ def test_a_partner_complaint_that_says_nothing_is_refused_naming_the_text(text: 
     assert [error.field for error in refused.value.errors] == ["text"]
 
 
+def test_a_partner_field_left_empty_is_absent_and_spaces_around_a_value_are_not_part_of_it() -> None:
+    # What CRM exports and form builders send for "no value": the complaint is taken, not refused for it.
+    empty = {"name": " ", "email": "", "phone": "", "country": "", "customer_id": "", "preferred_contact": "", "locale": ""}
+    body = {"text": "Mein Paket kam kaputt an.", "complainant": empty, "language": "", "follows_up": "", "subject": "", "product": " "}
+    complaint = webhook.to_complaint(json.dumps(body).encode(), partner="acme", idempotency_key="k-2", received_at=RECEIVED_AT)
+    assert complaint.complainant.email is None and complaint.subject is None and complaint.follows_up is None
+    padded = {"text": "Broken kettle", "complainant": {"email": " dana.novak@example.net\n", "locale": "pl "}}
+    complaint = webhook.to_complaint(json.dumps(padded).encode(), partner="acme", idempotency_key="k-3", received_at=RECEIVED_AT)
+    assert (complaint.complainant.email, complaint.complainant.locale) == ("dana.novak@example.net", "pl")
+
+
 async def test_a_blank_partner_complaint_gets_a_422_and_nothing_is_stored(tmp_path: Path, kafka, topic):
     async with running(settings(tmp_path, kafka.bootstrap, topic)) as (gateway, base), aiohttp.ClientSession() as http:
         for index, text in enumerate(["   ", "\u200b\u200d", "\x00\x00"]):

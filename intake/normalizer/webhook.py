@@ -16,8 +16,18 @@ from intake.normalizer.reference import parse_reference
 MEDIA_TYPE = "application/json"
 
 
+def _absent_when_blank(value: object) -> object:
+    """"" and "  " are how many partner systems (CRM exports, form builders) write a field they have no value for:
+    absent, not a wrong value that refuses the whole complaint. Other strings lose the spaces a copy and paste left."""
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
 class PartnerComplainant(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    _blank = field_validator("*", mode="before")(_absent_when_blank)
 
     name: str | None = Field(None, max_length=300)
     email: str | None = Field(None, max_length=320)
@@ -59,6 +69,10 @@ class PartnerComplaint(BaseModel):
     desired_outcome: str | None = Field(None, max_length=5000)
     follows_up: Reference | None = None
     attachments: list[PartnerAttachment] = Field(default_factory=list, max_length=20)
+
+    _blank = field_validator("subject", "language", "product", "occurred_at", "desired_outcome", "follows_up", mode="before")(
+        _absent_when_blank
+    )
 
     @field_validator("text")
     @classmethod
