@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
+from intake.acknowledgement import compose
 from intake.normalizer import telegram, twilio, webhook
 from intake.normalizer.errors import InvalidMessage
 from intake.normalizer.record import Complaint
@@ -82,6 +83,14 @@ def test_a_partner_field_left_empty_is_absent_and_spaces_around_a_value_are_not_
     padded = {"text": "Broken kettle", "complainant": {"email": " dana.novak@example.net\n", "locale": "pl "}}
     complaint = webhook.to_complaint(json.dumps(padded).encode(), partner="acme", idempotency_key="k-3", received_at=RECEIVED_AT)
     assert (complaint.complainant.email, complaint.complainant.locale) == ("dana.novak@example.net", "pl")
+
+
+@pytest.mark.parametrize(("written", "tag", "answered_in"), [("de_DE", "de-DE", "de"), ("pl_PL.UTF-8", "pl-PL", "pl"), ("fa_IR", "fa-IR", "fa")])
+def test_a_partner_locale_written_the_java_or_posix_way_is_the_customers_language(written: str, tag: str, answered_in: str) -> None:
+    body = {"text": "The kettle leaks.", "complainant": {"locale": written}}
+    complaint = webhook.to_complaint(json.dumps(body).encode(), partner="acme", idempotency_key="k-4", received_at=RECEIVED_AT)
+    assert complaint.complainant.locale == tag
+    assert compose(complaint.reference, complaint.complainant.locale).locale == answered_in
 
 
 async def test_a_blank_partner_complaint_gets_a_422_and_nothing_is_stored(tmp_path: Path, kafka, topic):

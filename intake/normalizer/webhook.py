@@ -24,10 +24,19 @@ def _absent_when_blank(value: object) -> object:
     return value
 
 
+def _language_tag(value: object) -> object:
+    """A locale as Java, Android and POSIX write it ("pt_BR", "de_DE.UTF-8", "sr_RS@latin") as the BCP 47 tag it names."""
+    value = _absent_when_blank(value)
+    if isinstance(value, str):
+        return value.split(".", 1)[0].split("@", 1)[0].replace("_", "-")
+    return value
+
+
 class PartnerComplainant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    _blank = field_validator("*", mode="before")(_absent_when_blank)
+    _blank = field_validator("name", "email", "phone", "country", "customer_id", "preferred_contact", mode="before")(_absent_when_blank)
+    _tag = field_validator("locale", mode="before")(_language_tag)
 
     name: str | None = Field(None, max_length=300)
     email: str | None = Field(None, max_length=320)
@@ -70,9 +79,8 @@ class PartnerComplaint(BaseModel):
     follows_up: Reference | None = None
     attachments: list[PartnerAttachment] = Field(default_factory=list, max_length=20)
 
-    _blank = field_validator("subject", "language", "product", "occurred_at", "desired_outcome", "follows_up", mode="before")(
-        _absent_when_blank
-    )
+    _blank = field_validator("subject", "product", "occurred_at", "desired_outcome", "follows_up", mode="before")(_absent_when_blank)
+    _tag = field_validator("language", mode="before")(_language_tag)
 
     @field_validator("text")
     @classmethod
