@@ -307,6 +307,11 @@ def test_exchange_out_of_office_is_recognised_by_its_subject_alone() -> None:
         "Automatisch antwoord: uw klacht",
         "Out of Office: back on Monday",
         "[Auto-Reply] Ihre Beschwerde",
+        "رد تلقائي: شكوى",
+        "پاسخ خودکار: شکایت",
+        "自動回覆: 投訴",
+        "Otomatik yanıt: şikayet",
+        "Automatiskt svar: klagomål",
         "(Automatic reply) your complaint",
     ],
 )

@@ -15,7 +15,10 @@ _OUT_OF_OFFICE_SUBJECT = re.compile(
     r"odpowiedź automatyczna|automatyczna odpowiedź|poza biurem|nieobecność|"
     r"automatisch antwoord|afwezig|niet aanwezig|buiten kantoor|"
     r"risposta automatica|fuori sede|fuori ufficio|resposta autom[áa]tica|fora do escrit[óo]rio|"
-    r"automatická odpověď|mimo kancelář|автоответ|автоматический ответ|自动回复|自動応答|自動返信)(\b|$|[:：])",
+    r"automatická odpověď|mimo kancelář|автоответ|автоматический ответ|自动回复|自動応答|自動返信|"
+    # What Outlook writes in the other languages customers here write in (ar, fa, zh-Hant) and in its other common ones.
+    r"رد تلقائي|الرد التلقائي|پاسخ خودکار|自動回覆|자동 회신|otomatik yanıt|automatiskt svar|automatisk svar|"
+    r"automaattinen vastaus|automatikus válasz|αυτόματη απάντηση|תשובה אוטומטית|автоматична відповідь|răspuns automat)(\b|$|[:：])",
     re.IGNORECASE,
 )
 _ROBOTS = re.compile(r"(?:^|[\s<\"'])(mailer-daemon|postmaster)(?:@|>|$|\s)", re.IGNORECASE)
