@@ -43,6 +43,13 @@ class HttpConfig(_Section):
         description="The URL the outside world uses to reach this gateway (behind a TLS proxy), e.g. https://complaints.example.com. "
         "Signatures that cover the URL (Twilio) are checked against it.",
     )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long the body of a webhook request (partner, Twilio, Telegram, a form without files) may take to arrive "
+        "once its headers have, and how long a form upload may pause: a sender that trickles it holds a connection and memory. "
+        "Past it a webhook is answered 408, the form comes back with what was typed.",
+    )
 
 
 class KafkaConfig(_Section):

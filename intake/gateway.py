@@ -32,7 +32,7 @@ from intake.config import Settings
 from intake import topics
 from intake.errors import TemporaryFailure
 from intake.feedback import SurveyLinks
-from intake.http import BodyTooLarge, BodyUnreadable, read_body
+from intake.http import BODY_TIMEOUT, BodyTooLarge, BodyUnreadable, read_body
 from intake.delivery import Delivery
 from intake.inbox import Normaliser
 from intake.metrics import Metrics
@@ -253,6 +253,7 @@ class Gateway:
             client_max_size=self._max_body,
             middlewares=[self._refuse_while_draining, self._count_refusals],
         )
+        self.app[BODY_TIMEOUT] = settings.http.body_timeout_seconds
         # Which channel each route belongs to, for counting what is refused on every channel in one place.
         self._route_channel: dict[web.AbstractResource, str] = {}
         self.app.on_response_prepare.append(_plain_server_header)

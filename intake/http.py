@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
@@ -11,6 +13,10 @@ _CHUNK = 64 * 1024
 # (RequestPayloadError), broken framing (BadHttpMessage), a client that closed before the end (ConnectionResetError).
 # All are the sender's doing; a reader of the stream (read_body, a multipart reader) turns them into a 400.
 STREAM_ERRORS: tuple[type[Exception], ...] = (RequestPayloadError, BadHttpMessage, ConnectionResetError)
+
+
+# Set on the application by the gateway (HttpConfig.body_timeout_seconds); without it a body may take any time.
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout_seconds", float)
 
 
 class BodyTooLarge(Exception):
@@ -25,13 +31,18 @@ class BodyUnreadable(Exception):
     """The body could not be read to its end (broken chunked framing or compression, the client went away): answer 400."""
 
 
+class BodyTooSlow(BodyUnreadable):
+    """The body did not arrive within the application's BODY_TIMEOUT: answer 408, so that a real sender tries again."""
+
+
 def declared_too_large(request: web.Request, limit: int) -> bool:
     """True when Content-Length already says more than ``limit``: refused before a byte of the body is read."""
     return request.content_length is not None and request.content_length > limit
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, read until its end; raises BodyTooLarge past ``limit`` bytes, BodyUnreadable when it cannot be had.
+    """The whole body, read until its end; raises BodyTooLarge past ``limit`` bytes, BodyUnreadable when it cannot be had,
+    BodyTooSlow when it has not arrived within the application's BODY_TIMEOUT.
 
     ``request.content.read(n)`` returns what happens to be buffered, which is
     only the first TCP segment of a body sent in several: a signature over it
@@ -41,6 +52,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """
     if declared_too_large(request, limit):
         raise BodyTooLarge(limit)
+    # aiohttp bounds neither the time to send a body nor the pauses within one: a client sending a byte a minute would hold
+    # the handler, the connection and what it sent so far for as long as it likes.
+    timeout = request.config_dict.get(BODY_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise BodyTooSlow(f"not received within {timeout:g} s") from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and "Content-Encoding" not in request.headers:
         # The framing bounds the body by Content-Length, checked above: one read to the end, without
         # counting chunk by chunk (the common case, and the cheaper one per request).

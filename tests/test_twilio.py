@@ -22,6 +22,7 @@ from yarl import URL
 from intake.acknowledgement import compose, gsm7_segments
 from intake.config import Settings
 from intake.i18n import SUPPORTED
+from intake.normalizer import twilio as normalize
 from intake.normalizer.record import json_schema
 from tests.support.gateway import free_port, running, settings
 from tests.support.topic import Record, of_type, read_topic
@@ -445,6 +446,16 @@ async def test_opt_out_and_help_keywords_are_not_complaints_and_get_no_acknowled
     [received] = complaints(records)
     assert received.data["text"] == "Stop charging me twice for the same bill!"
     assert spooled == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [("Stop.", "opt_out"), ("STOP!", "opt_out"), ('"stop"', "opt_out"), ("Stop 🛑", "opt_out"), ("\u200bSTOP", "opt_out"),
+     ("ＳＴＯＰ", "opt_out"), ("¡Stop!", "opt_out"), ("Help?", "help"), ("Start.", "opt_in"),
+     ("Stop the courier!", None), ("STOP ALL", None), ("...", None)],
+)
+def test_a_keyword_with_the_punctuation_emoji_or_invisible_marks_a_phone_adds_is_still_the_keyword(body: str, kind: str | None):
+    assert normalize.keyword(normalize.parse(urlencode({"Body": body}).encode())) == kind
 
 
 async def test_delivery_reports_are_counted_and_never_taken_for_complaints(tmp_path: Path, kafka, topic):

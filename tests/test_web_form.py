@@ -614,3 +614,10 @@ def test_validation_is_pure_and_names_every_field() -> None:
     assert [e.field for e in error.value.errors] == ["phone"]
     assert normalize.sniff(png()) == "image/png" and normalize.sniff(b"%PDF-1.4") == "application/pdf"
     assert normalize.sniff(b"\xff\xd8\xff\xe0") == "image/jpeg" and normalize.sniff(b"<svg onload=alert(1)>") is None
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200e\u200f", "\ufeff \u2060"])
+def test_a_name_or_description_of_invisible_marks_only_is_asked_for_again(invisible: str) -> None:
+    with pytest.raises(InvalidMessage) as error:
+        normalize.validate(valid_fields(name=invisible, description=invisible), today=dt.date(2024, 3, 17))
+    assert [e.field for e in error.value.errors] == ["name", "description"]

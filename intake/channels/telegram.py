@@ -60,7 +60,7 @@ from telegram.warnings import PTBDeprecationWarning
 from intake.attachments import AttachmentStore
 from intake.errors import Rejected, TemporaryFailure
 from intake.feedback import record as record_feedback
-from intake.http import BodyTooLarge, BodyUnreadable, read_body
+from intake.http import BodyTooLarge, BodyTooSlow, BodyUnreadable, read_body
 from intake.i18n import translations
 from intake.problems import problem
 from intake.pause import pause
@@ -374,6 +374,8 @@ class TelegramChannel:
             raw = await read_body(request, self._config.max_body_bytes)
         except BodyTooLarge as error:
             return problem(413, "Body too large", str(error))
+        except BodyTooSlow as error:
+            return problem(408, "Request timeout", f"the body was {error}; send it again")
         except BodyUnreadable:
             return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
         try:

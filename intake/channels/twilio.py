@@ -66,7 +66,7 @@ from twilio.rest import Client as TwilioClient
 from twilio.twiml.messaging_response import MessagingResponse
 
 from intake.errors import Rejected, TemporaryFailure
-from intake.http import BodyTooLarge, BodyUnreadable, read_body
+from intake.http import BodyTooLarge, BodyTooSlow, BodyUnreadable, read_body
 from intake.i18n import SUPPORTED
 from intake.problems import problem
 from intake.twoway import Delivered, OutboundMessage
@@ -403,6 +403,9 @@ class TwilioChannel:
         except BodyTooLarge as error:
             self._refused.labels(endpoint=endpoint, reason="size").inc()
             return problem(413, "Body too large", str(error))
+        except BodyTooSlow as error:
+            self._refused.labels(endpoint=endpoint, reason="timeout").inc()
+            return problem(408, "Request timeout", f"the body was {error}; send it again")
         except BodyUnreadable:
             self._refused.labels(endpoint=endpoint, reason="malformed").inc()
             return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")

@@ -19,6 +19,7 @@ replica is then accepted by another. Without it each process generates its own.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import datetime as dt
@@ -44,7 +45,7 @@ from intake.channels.email.reply import acknowledgement_payload
 from intake.acknowledgement import _number as localized_number
 from intake import keys as intake_keys
 from intake.errors import TemporaryFailure
-from intake.http import STREAM_ERRORS, BodyTooLarge, BodyUnreadable, declared_too_large, read_body
+from intake.http import BODY_TIMEOUT, STREAM_ERRORS, BodyTooLarge, BodyUnreadable, declared_too_large, read_body
 from intake.i18n import SUPPORTED, language_name, negotiate, text_direction, translations
 from intake.normalizer import web_form as normalize
 from intake.normalizer.errors import FieldError, InvalidMessage
@@ -351,10 +352,13 @@ async def _read_submission(request: web.Request, *, limit: int, max_file_bytes: 
     if request.content_type != "multipart/form-data":
         raise _Unreadable
     total = 0
+    # A photo from a phone may take minutes in all, so each pause is bounded, not the whole: an upload that stops (or a
+    # client trickling a byte now and then to hold the connection) ends, and the form comes back with what was typed.
+    pause = request.config_dict.get(BODY_TIMEOUT)
     try:
         reader = await request.multipart()
         for _ in range(_MAX_PARTS + 1):
-            part = await reader.next()
+            part = await asyncio.wait_for(reader.next(), pause)
             if part is None:
                 return submitted
             if not isinstance(part, BodyPartReader):
@@ -369,7 +373,7 @@ async def _read_submission(request: web.Request, *, limit: int, max_file_bytes: 
             kept = bytearray()
             keep = max_file_bytes if filename is not None else _MAX_FIELD_BYTES
             size = 0
-            while chunk := await part.read_chunk(_CHUNK):
+            while chunk := await asyncio.wait_for(part.read_chunk(_CHUNK), pause):
                 size += len(chunk)
                 total += len(chunk)
                 if total > limit:
@@ -382,7 +386,7 @@ async def _read_submission(request: web.Request, *, limit: int, max_file_bytes: 
             elif name == normalize.ATTACHMENTS and (size or filename):
                 submitted.files.append(_File(filename=_text(filename), data=bytes(kept), size=size))
         raise _Unreadable(submitted)
-    except (ValueError, *STREAM_ERRORS):
+    except (ValueError, TimeoutError, *STREAM_ERRORS):
         # ValueError: aiohttp's multipart parser on a broken boundary, a part cut short, a nested multipart's framing.
         # BadHttpMessage (in STREAM_ERRORS): a part's headers, with a NUL, no colon, a line over 8 KiB, too many of them.
         # What was read whole before the break is kept, for the form to come back with.

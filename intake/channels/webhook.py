@@ -42,7 +42,7 @@ from aiohttp import web
 
 from intake.config import WebhookConfig
 from intake.errors import Rejected, TemporaryFailure
-from intake.http import BodyTooLarge, BodyUnreadable, read_body
+from intake.http import BodyTooLarge, BodyTooSlow, BodyUnreadable, read_body
 from intake.problems import problem
 from intake.reception import Outcome, Reception
 from intake.normalizer import webhook as normalize
@@ -139,6 +139,8 @@ class WebhookChannel:
             body = await read_body(request, self._config.max_body_bytes)
         except BodyTooLarge as error:
             return problem(413, "Body too large", str(error))
+        except BodyTooSlow as error:
+            return problem(408, "Request timeout", f"the body was {error}; send it again")
         except BodyUnreadable:
             return problem(400, "Body unreadable", "the body ended early or its framing or compression is broken")
 

@@ -9,6 +9,7 @@ and Twilio deliver the same poison again and again.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +35,11 @@ def repair(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text
+
+
+def says_something(text: str) -> bool:
+    """Whether the text has a character one can see: not only spaces, line breaks, controls and zero-width marks."""
+    return any(not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf", "Zs", "Zl", "Zp") for char in text)
 
 
 def encodable(text: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import uuid
 from typing import Annotated, Literal
 
@@ -38,6 +39,20 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 UtcDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
 
+# C0 and C1 controls but tab, line feed and carriage return. A NUL or a BEL pasted into a partner's JSON, an SMS or a
+# Telegram message is no part of what the customer wrote, and a NUL in a JSON string is refused by the consumers that
+# store the record in PostgreSQL (text and jsonb cannot hold U+0000). Format characters (ZWNJ, ZWJ, bidi marks) stay:
+# Persian words and emoji sequences are spelled with them.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def without_controls(value: str) -> str:
+    """The text without C0/C1 control characters (tab and line breaks kept): what every channel's text becomes."""
+    return _CONTROLS.sub("", value)
+
+
+Text = Annotated[str, AfterValidator(without_controls)]
+
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,7 +61,7 @@ class _Record(BaseModel):
 class Complainant(_Record):
     """Who complains and how to reach them; every field is optional because channels know different things."""
 
-    name: str | None = Field(None, max_length=300, description="Name as the complainant gave it or as the channel shows it.")
+    name: Text | None = Field(None, max_length=300, description="Name as the complainant gave it or as the channel shows it.")
     email: str | None = Field(None, max_length=320, description="Email address (as given; not verified).")
     phone: str | None = Field(None, pattern=E164_PATTERN, description="Phone number in E.164, e.g. +48601234567.")
     handle: str | None = Field(
@@ -59,7 +74,7 @@ class Complainant(_Record):
 class Attachment(_Record):
     """An attachment's metadata and where its bytes are; the bytes never travel inside the event."""
 
-    filename: str | None = Field(None, max_length=255, description="A safe file name (no path).")
+    filename: Text | None = Field(None, max_length=255, description="A safe file name (no path).")
     content_type: str = Field(..., max_length=255, description="Media type, e.g. image/jpeg.")
     size: int | None = Field(None, ge=0, description="Size in bytes, when known.")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bytes, when stored.")
@@ -96,13 +111,13 @@ class Complaint(_Record):
     channel_message_id: str = Field(..., min_length=1, max_length=1000, description="The channel's own id of the message.")
     received_at: UtcDateTime = Field(..., description="When the gateway received it (UTC).")
     complainant: Complainant = Field(default_factory=Complainant)
-    subject: str | None = Field(None, max_length=1000)
-    text: str = Field(..., max_length=100_000, description="The complaint in the complainant's words, quotes and signatures removed.")
-    full_text: str | None = Field(None, max_length=1_000_000, description="The whole text as sent, when it differs from text.")
+    subject: Text | None = Field(None, max_length=1000)
+    text: Text = Field(..., max_length=100_000, description="The complaint in the complainant's words, quotes and signatures removed.")
+    full_text: Text | None = Field(None, max_length=1_000_000, description="The whole text as sent, when it differs from text.")
     language: str | None = Field(None, pattern=BCP47_PATTERN, description="Language of the text, BCP 47.")
-    product: str | None = Field(None, max_length=500, description="Product or service complained about.")
-    occurred_at: str | None = Field(None, max_length=200, description="When it happened, in the complainant's words or ISO 8601.")
-    desired_outcome: str | None = Field(None, max_length=5000, description="What the complainant wants done.")
+    product: Text | None = Field(None, max_length=500, description="Product or service complained about.")
+    occurred_at: Text | None = Field(None, max_length=200, description="When it happened, in the complainant's words or ISO 8601.")
+    desired_outcome: Text | None = Field(None, max_length=5000, description="What the complainant wants done.")
     consent_to_processing: bool | None = Field(None, description="Consent to processing of personal data, where the channel asks for it.")
     attachments: list[Attachment] = Field(default_factory=list, max_length=100)
     flags: Flags = Field(default_factory=Flags)

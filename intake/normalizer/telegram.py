@@ -127,6 +127,7 @@ class _Message(_Shape):
     quote: _Quote | None = None
     reply_to_message: _Message | None = None
     edit_date: _Date | None = None
+    is_automatic_forward: bool | None = None
 
 
 class _Update(_Shape):
@@ -281,6 +282,20 @@ def complainant(message: Message) -> Complainant:
     )
 
 
+# The user Telegram names as the sender of a channel's post forwarded into its linked discussion group ("Telegram",
+# is_bot false): a broadcast, never a customer.
+TELEGRAM_SERVICE_USER_ID = 777000
+
+
+def _automated(message: Message) -> str | None:
+    """Why the message was posted by a machine or a broadcast rather than a person, None for a person."""
+    if message.from_user is not None and message.from_user.is_bot:
+        return "sent by a bot"
+    if message.is_automatic_forward or (message.from_user is not None and message.from_user.id == TELEGRAM_SERVICE_USER_ID):
+        return "a channel's post forwarded to its discussion group"
+    return None
+
+
 def to_complaint(
     raw: bytes,
     *,
@@ -311,7 +326,7 @@ def to_complaint(
             )
             for item in files(message)
         ]
-        automated = bool(message.from_user and message.from_user.is_bot)
+        automated = _automated(message)
         # Telegram allows 4096 characters; a longer text was not sent through it, but is kept, flagged, all the same.
         whole = message.text or message.caption or ""
         text, cut = fit(whole, max_length(Complaint, "text"))
@@ -328,6 +343,6 @@ def to_complaint(
             full_text=full_text,
             follows_up=follows_up(message, bot_id),
             attachments=attachments,
-            flags=Flags(automated=automated, automated_reason="sent by a bot" if automated else None, truncated=cut),
+            flags=Flags(automated=automated is not None, automated_reason=automated, truncated=cut),
             origin=origin,
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import mimetypes
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -71,6 +72,8 @@ _KEYWORDS: dict[str, Keyword] = {
 }
 # With Advanced Opt-Out a Messaging Service tells us which kind of keyword it matched
 # (its own, possibly localised, keywords included).
+# Stripped from both ends of a body before it is matched: spaces, punctuation, symbols (emoji) as the phone added them.
+_AROUND_A_WORD = re.compile(r"^[\W_]+|[\W_]+$")
 _OPT_OUT_TYPES: dict[str, Keyword] = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"}
 
 # An inbound message carries SmsStatus=received; anything else is a delivery report.
@@ -136,7 +139,19 @@ def keyword(params: Params) -> Keyword | None:
         return _OPT_OUT_TYPES[opt_out_type]
     if _count(params.get("NumMedia")) > 0:
         return None
-    return _KEYWORDS.get(params.get("Body", "").strip().upper())
+    return _KEYWORDS.get(_bare_word(params.get("Body", "")))
+
+
+def _bare_word(body: str) -> str:
+    """The body as one keyword would be written: "Stop.", "STOP!", "\u200bstop", full-width "ＳＴＯＰ" and "Stop 🛑" are STOP.
+
+    Phones append punctuation and emoji, keyboards insert zero-width marks and full-width letters: the customer
+    asked to stop all the same, and an acknowledgement would be a message after an opt-out.
+    """
+    if len(body) > 40:  # no keyword is longer; not worth normalising a whole complaint for
+        return ""
+    word = "".join(char for char in unicodedata.normalize("NFKC", body) if unicodedata.category(char) != "Cf")
+    return _AROUND_A_WORD.sub("", word).upper()
 
 
 def _count(value: str | None) -> int:
@@ -204,6 +219,26 @@ def _sender(params: Params) -> tuple[phonenumbers.PhoneNumber | None, str]:
     except phonenumbers.NumberParseException:
         return None, address  # a short code or an alphanumeric sender id
     return (number if phonenumbers.is_possible_number(number) else None), address
+
+
+# Short codes have 3 to 8 digits around the world; sender ids up to 11 letters, digits and spaces, at least one letter.
+_SHORT_CODE = re.compile(r"[0-9]{3,8}")
+_SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ._&-]{1,11}")
+
+
+def _application_sender(address: str) -> str | None:
+    """Why an SMS sender is an application rather than a person (None for a phone number).
+
+    Twilio gives a phone number in E.164, with its plus. A short code (``40404``) is leased to an
+    application (a bank's codes, a carrier's notices, another company's alerts), and an alphanumeric
+    sender id (``DHL``) is one-way: neither is someone with a complaint, and an acknowledgement to one
+    either fails or starts a conversation between two robots.
+    """
+    if _SHORT_CODE.fullmatch(address):
+        return "sent from a short code"
+    if _SENDER_ID.fullmatch(address):
+        return "sent from an alphanumeric sender id"
+    return None
 
 
 def _identifier() -> Callable[[str], list[tuple[str, float]]]:
@@ -301,6 +336,7 @@ def to_complaint(
     phone = _e164(number)
     country = (phonenumbers.region_code_for_number(number) if number is not None else None) or params.get("FromCountry") or None
 
+    automated = None if channel == "whatsapp" else _application_sender(address)
     whole = _text(params)
     text, truncated = fit(whole, _MAX_TEXT)
     full_text, _ = fit(whole if truncated else None, _MAX_FULL_TEXT)
@@ -349,6 +385,6 @@ def to_complaint(
             language=language,
             follows_up=parse_reference(text or ""),
             attachments=attachments,
-            flags=Flags(truncated=truncated),
+            flags=Flags(automated=automated is not None, automated_reason=automated, truncated=truncated),
             origin={name: value for name, value in origin.items() if value},
         )

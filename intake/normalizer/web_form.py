@@ -22,7 +22,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import ValidationError
 
-from intake.normalizer.bounds import as_invalid_message, load_json, max_length, repair
+from intake.normalizer.bounds import as_invalid_message, load_json, max_length, repair, says_something
 from intake.normalizer.errors import FieldError, InvalidMessage, field_errors
 from intake.normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, ContactMethod
 
@@ -120,7 +120,7 @@ def validate(form: Mapping[str, str], *, today: dt.date, default_region: str | N
         return False
 
     name = values[NAME]
-    if not name:
+    if not says_something(name):
         errors.append(_error(NAME, N_("Enter your name.")))
     else:
         too_long(NAME, N_("Your name is too long: at most {limit} characters."))
@@ -163,7 +163,7 @@ def validate(form: Mapping[str, str], *, today: dt.date, default_region: str | N
                 errors.append(_error(OCCURRED_ON, N_("The date cannot be in the future.")))
 
     description = values[DESCRIPTION]
-    if not description:
+    if not says_something(description):  # a zero-width space or a bidi mark pasted alone is no description either
         errors.append(_error(DESCRIPTION, N_("Tell us what happened.")))
     else:
         too_long(DESCRIPTION, N_("Your description is too long: at most {limit} characters."))

@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from intake.normalizer.bounds import as_invalid_message, load_json
+from intake.normalizer.bounds import as_invalid_message, load_json, says_something
 from intake.normalizer import contact, language
 from intake.normalizer.errors import FieldError, InvalidMessage, field_errors
 from intake.normalizer.record import BCP47_PATTERN, E164_PATTERN, Attachment, Complainant, Complaint, ContactMethod, Reference
@@ -16,8 +16,27 @@ from intake.normalizer.reference import parse_reference
 MEDIA_TYPE = "application/json"
 
 
+def _absent_when_blank(value: object) -> object:
+    """"" and "  " are how many partner systems (CRM exports, form builders) write a field they have no value for:
+    absent, not a wrong value that refuses the whole complaint. Other strings lose the spaces a copy and paste left."""
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
+def _language_tag(value: object) -> object:
+    """A locale as Java, Android and POSIX write it ("pt_BR", "de_DE.UTF-8", "sr_RS@latin") as the BCP 47 tag it names."""
+    value = _absent_when_blank(value)
+    if isinstance(value, str):
+        return value.split(".", 1)[0].split("@", 1)[0].replace("_", "-")
+    return value
+
+
 class PartnerComplainant(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    _blank = field_validator("name", "email", "phone", "country", "customer_id", "preferred_contact", mode="before")(_absent_when_blank)
+    _tag = field_validator("locale", mode="before")(_language_tag)
 
     name: str | None = Field(None, max_length=300)
     email: str | None = Field(None, max_length=320)
@@ -59,6 +78,17 @@ class PartnerComplaint(BaseModel):
     desired_outcome: str | None = Field(None, max_length=5000)
     follows_up: Reference | None = None
     attachments: list[PartnerAttachment] = Field(default_factory=list, max_length=20)
+
+    _blank = field_validator("subject", "product", "occurred_at", "desired_outcome", "follows_up", mode="before")(_absent_when_blank)
+    _tag = field_validator("language", mode="before")(_language_tag)
+
+    @field_validator("text")
+    @classmethod
+    def _says_something(cls, value: str) -> str:
+        # Whitespace, zero-width marks or control characters only: a partner's bug, not a complaint to acknowledge.
+        if not says_something(value):
+            raise ValueError("the text is blank: only spaces, control characters or invisible marks")
+        return value
 
     @field_validator("follows_up", mode="before")
     @classmethod

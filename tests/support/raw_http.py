@@ -32,3 +32,23 @@ async def post_in_two_segments(url: str, headers: Mapping[str, str], body: bytes
     status_line, _, rest = answer.partition(b"\r\n")
     _headers, _, content = rest.partition(b"\r\n\r\n")
     return int(status_line.split()[1]), content
+
+
+async def post_and_stall(url: str, headers: Mapping[str, str], sent: bytes, *, length: int, wait: float = 10) -> tuple[int, bytes]:
+    """POST that announces ``length`` bytes of body, sends only ``sent`` and then nothing: (status, response body).
+
+    What a slowloris client does, and a sender whose connection stalls; the answer is awaited ``wait`` seconds at most.
+    """
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {length}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + sent)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=wait)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    status_line, _, _rest = head.partition(b"\r\n")
+    return int(status_line.split()[1]), head
