@@ -449,9 +449,12 @@ class Worker:
         return [json.loads(e.value) for e in stored if header(e, "ce_type") == ce_type]
 
     async def text(
-        self, body: str, *, sid: str, sender: str = CUSTOMER, whatsapp: bool = False, at: dt.datetime = RECEIVED_AT
+        self, body: str, *, sid: str, sender: str = CUSTOMER, whatsapp: bool = False, at: dt.datetime | None = None
     ) -> Outcome:
-        """An SMS (or WhatsApp message) taken in as the Twilio channel takes it in."""
+        """An SMS (or WhatsApp message) taken in as the Twilio channel takes it in; now, unless ``at`` says when.
+
+        Now by default: a WhatsApp survey is sent only within 24 hours of the customer's last message, by the clock."""
+        at = at or dt.datetime.now(dt.timezone.utc)
         raw = twilio_body(body, sender=sender, sid=sid, whatsapp=whatsapp)
         return await self.reception.receive(
             channel="whatsapp" if whatsapp else "sms",
@@ -523,7 +526,7 @@ async def test_a_bare_sms_score_is_recorded_once_and_thanked_and_the_next_is_a_m
         await worker.survey(reference, "cmd-sms-survey", {"sms": sender})
         assert [m.kind for m in sender.delivered] == ["survey"]
 
-        answered_at = RECEIVED_AT + dt.timedelta(days=3)
+        answered_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
         answer = await worker.text("4", sid="SM" + "2" * 32, at=answered_at)
         assert answer.acknowledgement is not None and answer.acknowledgement["short"] == THANKS_PL
         route = await worker.spool.route(reference)
