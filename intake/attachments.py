@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import os
 import re
+import secrets
 import unicodedata
 from pathlib import Path
 
@@ -66,12 +67,17 @@ class AttachmentStore:
         if target.exists():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(f".{os.getpid()}.tmp")
-        with temporary.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
+        # A name of this write's own: two messages carrying the same file at once (a forwarded photo) are written by
+        # two threads of one process, and one rename must not find the other's file already moved.
+        temporary = target.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            with temporary.open("wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     async def put(self, data: bytes, *, filename: str | None, content_type: str) -> Attachment:
         """Store the bytes durably (before the message that refers to them is spooled) and describe them."""

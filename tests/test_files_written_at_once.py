@@ -1,11 +1,13 @@
-"""Keys kept beside the spool (survey links, the form's CSRF key): one key however many workers start at once."""
+"""Files several workers or threads write at the same moment: the keys kept beside the spool, the attachment store."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import stat
 from pathlib import Path
 
+from intake.attachments import AttachmentStore
 from intake.keys import KEY_BYTES, kept_key
 
 
@@ -43,3 +45,17 @@ def test_a_kept_key_outlives_a_restart_and_a_short_one_is_made_again(tmp_path: P
     path.write_bytes(first[:5])  # cut short by something other than intake
     again = kept_key(path, event="test_key_generated", advice="")
     assert len(again) == KEY_BYTES and again != first and path.read_bytes() == again
+
+
+async def test_the_same_file_stored_by_two_messages_at_once_is_kept_once_for_both(tmp_path: Path):
+    """A photo forwarded to two chats, or sent twice in one album, reaches the store from two threads at the same
+    moment: both messages are stored, and they point at the one file."""
+    store = AttachmentStore(tmp_path / "attachments")
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 400
+    for _ in range(20):
+        first, second, *_ = await asyncio.gather(
+            *(store.put(data, filename="photo.png", content_type="image/png") for _ in range(8))
+        )
+        assert first.location == second.location
+    [kept] = [path for path in (tmp_path / "attachments").rglob("*") if path.is_file()]
+    assert kept.read_bytes() == data
