@@ -185,9 +185,36 @@ class LoadGenerator:
 
 WEBHOOK_BODIES = 2000  # distinct bodies, cycled; the Idempotency-Key makes every request a new complaint
 
+# What complaints look like: a few sentences to a few paragraphs, in the languages the gateway answers in. Every cost
+# that grows with the text (language, the status-request check, validation, the record's JSON) is paid as in
+# production; a one-line text would hide them.
+_COMPLAINT_TEXTS = (
+    "The parcel I ordered on Monday arrived with the box crushed and the lamp inside in pieces. The driver left it at "
+    "the door without ringing. I would like a replacement or my money back.",
+    "Dzień dobry, zamówiłam pralkę 3 tygodnie temu i do dziś nie dotarła. Infolinia za każdym razem obiecuje "
+    "oddzwonić, ale nikt tego nie robi. Proszę o informację, kiedy pralka zostanie dostarczona, albo o zwrot "
+    "pieniędzy. Mam małe dzieci i bez pralki jest bardzo ciężko.",
+    "Sehr geehrte Damen und Herren, seit dem Umzug wird mir der Grundpreis doppelt berechnet, obwohl der alte "
+    "Vertrag zum 30. gekündigt wurde. Ich habe das bereits zweimal telefonisch gemeldet. Bitte erstatten Sie die "
+    "zu viel gezahlten Beträge und bestätigen Sie mir die Kündigung schriftlich. " * 2,
+    "Hola, el técnico tenía que venir el martes entre las 9 y las 14 y no apareció ni avisó. Perdí un día de "
+    "trabajo esperando. Quiero una nueva cita y una compensación por las molestias.",
+    "Bonjour, ma carte a été débitée deux fois pour la même commande. Votre service client me dit d'attendre "
+    "dix jours, mais cela fait maintenant trois semaines. Je demande le remboursement du second paiement.",
+    ("I have been a customer for eleven years and this is the first time I write a complaint. On the 4th my "
+     "internet connection stopped working; the support line kept me on hold for over an hour on three separate "
+     "days, and each time the call was dropped before I could speak to anyone. A technician was booked, did not "
+     "come, and the appointment was then cancelled without telling me. I work from home, so I have lost several "
+     "days of work and had to pay for mobile data to keep going. ") * 3,
+)
+
+
+def complaint_text(n: int) -> str:
+    return f"{_COMPLAINT_TEXTS[n % len(_COMPLAINT_TEXTS)]} (order {100000 + n})"
+
 
 async def drive_webhook(generator: LoadGenerator, base: str, requests: int, clients: int, rate: float = 0.0) -> Drive:
-    bodies = [complaint_body(f"Benchmark complaint {n}") for n in range(min(requests, WEBHOOK_BODIES))]
+    bodies = [complaint_body(complaint_text(n)) for n in range(min(requests, WEBHOOK_BODIES))]
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     if generator.binary is not None:
         path = generator._bodies("webhook", bodies)
@@ -226,7 +253,7 @@ async def _python_webhook(base: str, bodies: list[bytes], prefix: str, requests:
 
 def smtp_mails(messages: int) -> list[bytes]:
     return [
-        complaint_mail(f"Benchmark complaint {n}", sender=f"Customer {n} <customer{n}@bench.test>", to="complaints@example.test").as_bytes()
+        complaint_mail(complaint_text(n), sender=f"Customer {n} <customer{n}@bench.test>", to="complaints@example.test").as_bytes()
         for n in range(messages)
     ]
 

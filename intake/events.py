@@ -9,6 +9,7 @@ unknown outcome carries the same id and a consumer can drop the duplicate.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import uuid
 from typing import Any
@@ -35,6 +36,7 @@ REPLY_OUTCOME_SCHEMA_ID = "urn:intake:schema:reply-outcome:v1"
 COMMAND_REJECTED_SCHEMA_ID = "urn:intake:schema:command-rejected:v1"
 
 
+@functools.lru_cache(maxsize=256)  # one complaint's event, its acknowledgement and the time it was sent share a moment
 def _rfc3339(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 

@@ -98,6 +98,10 @@ for _language, _words in STATUS_KEYWORDS.items():
         _FOLDED_KEYWORDS.setdefault(_fold(_word), set()).add(_language)
 
 
+# Longer than any keyword with a reference, spaces and punctuation around it: not a status request.
+_MAX_REQUEST_CHARS = 4 * (max(len(word) for words in STATUS_KEYWORDS.values() for word in words) + 11)
+
+
 @dataclass(frozen=True)
 class StatusRequest:
     """What a status request asks: the reference, if the message names one, and the language its keyword is in."""
@@ -112,6 +116,8 @@ def parse_status_request(text: str) -> StatusRequest | None:
     ``"status C-7K3M-9QXA"``, ``"Estado: c-7k3m-9qxa"``, ``"状态C-7K3M-9QXA"``, the bare reference,
     and the bare keyword are requests; anything more ("status of my refund?") is not.
     """
+    if len(text) > _MAX_REQUEST_CHARS:
+        return None  # a complaint's worth of text: folding it all (per character) only to find it is not a keyword
     found = [(match, parse_reference(match.group())) for match in _REFERENCE.finditer(text)]
     references = {reference for _, reference in found if reference}
     if len(references) > 1 or len(references) != len(found) and references:

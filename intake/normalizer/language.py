@@ -31,25 +31,32 @@ def model() -> "LanguageIdentifier":
 
 # Below this many letters a guess is a coin toss ("ok", "merci", an order number).
 _MIN_LETTERS = 12
-# The start of a long text says its language; the model's time grows with the text.
-_SAMPLE = 2000
+# The start of a text says its language: the model's accuracy no longer grows past a few hundred characters, while
+# its time grows with every one (about 150 us for 1 600 characters, 80 for 800). Every channel guesses from this much.
+SAMPLE_CHARS = 800
 
 
-def _enough_letters(sample: str) -> bool:
-    # Stops at the twelfth letter: counting every letter of a long text cost a third of the guess.
+def has_letters(sample: str, count: int) -> bool:
+    """Whether ``sample`` has at least ``count`` letters; stops counting there (a long text is not walked to its end)."""
     letters = 0
     for char in sample:
         if char.isalpha():
             letters += 1
-            if letters >= _MIN_LETTERS:
+            if letters >= count:
                 return True
-    return False
+    return count <= 0
+
+
+def sample(text: str, min_letters: int = _MIN_LETTERS) -> str | None:
+    """What the model reads of ``text``: its start, or None when that has too few letters for a guess."""
+    head = text[:SAMPLE_CHARS]
+    return head if has_letters(head, min_letters) else None
 
 
 def detect(text: str, *, confidence: float = 0.8) -> str | None:
     """The text's language (ISO 639-1) when the model is confident of it, else None."""
-    sample = text[:_SAMPLE]
-    if not _enough_letters(sample):
+    head = sample(text)
+    if head is None:
         return None
-    best, probability = model().classify(sample)
+    best, probability = model().classify(head)
     return best if probability >= confidence else None

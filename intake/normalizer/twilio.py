@@ -85,8 +85,6 @@ _E164 = re.compile(E164_PATTERN)
 _MAX_FIELDS = 1000  # Twilio sends a few dozen; a cap on what a forged body makes us parse
 _TEXT_CONFIDENCE = 0.9
 _TEXT_MIN_LETTERS = 3
-# The model's time grows with the text; an SMS is at most 1600 characters, and the start of a longer text says its language.
-_TEXT_SAMPLE = 3000
 
 
 @dataclass(frozen=True)
@@ -256,8 +254,8 @@ def _primary(locale: str) -> str:
 
 def _text_language(text: str, locales: Sequence[str]) -> tuple[str | None, str | None]:
     """(the text's language when confident, the supported locale for it when there is one)."""
-    text = text[:_TEXT_SAMPLE]
-    if sum(char.isalpha() for char in text) < _TEXT_MIN_LETTERS:
+    text = language.sample(text, _TEXT_MIN_LETTERS)
+    if text is None:
         return None, None
     ranking = _identifier()(text)
     best, probability = ranking[0]

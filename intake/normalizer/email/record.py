@@ -34,6 +34,7 @@ from intake.normalizer.email.robots import automated_reason, is_role_address
 from intake.normalizer.email.text import tidy
 from intake.normalizer.errors import InvalidMessage
 from intake.normalizer.language import model as language_model
+from intake.normalizer.language import sample as language_sample
 from intake.normalizer.record import BCP47_PATTERN, Attachment, Complainant, Complaint, Flags
 from intake.normalizer.reference import parse_reference
 
@@ -78,8 +79,8 @@ def _language(message: Message, text: str) -> str | None:
         tag = tag.strip()
         if _BCP47.match(tag) and len(tag) <= 35:
             return tag
-    sample = text[:3000]
-    if sum(1 for char in sample if char.isalpha()) < _LANGUAGE_MIN_LETTERS:
+    sample = language_sample(text, _LANGUAGE_MIN_LETTERS)
+    if sample is None:
         return None
     ranking = language_model().rank(sample)
     language, confidence = ranking[0]
