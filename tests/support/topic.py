@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,18 @@ class Record:
         return json.loads(self.value)
 
 
-async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30, settle: float = 1.0) -> list[Record]:
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int,
+    timeout: float = 30,
+    settle: float = 1.0,
+    counted: Callable[[Record], bool] | None = None,
+) -> list[Record]:
     """Everything on the topic from the start, waiting until at least ``expect`` records (then ``settle`` more
-    seconds, so that a duplicate arriving late is seen too), or ``timeout``."""
+    seconds, so that a duplicate arriving late is seen too), or ``timeout``. With ``counted``, only the records it
+    accepts count towards ``expect`` (the complaints among their acknowledgements)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
     )
@@ -48,7 +58,7 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float 
                             offset=m.offset,
                         )
                     )
-            if len(records) >= expect:
+            if (len(records) if counted is None else sum(1 for record in records if counted(record))) >= expect:
                 settled_at = settled_at or time.monotonic()
                 if time.monotonic() - settled_at >= settle:
                     break
