@@ -488,6 +488,10 @@ class _Job:
     op: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     size: int = 0  # bytes it is expected to add; cuts batches, so that one commit stays bounded
+    # Whether the write must survive a power cut once committed (synchronous as configured). A write whose loss there
+    # only repeats work already done (forgetting events Kafka has: they are sent again, same ce_id) need not wait for
+    # the disk (synchronous=NORMAL in WAL: still atomic, still durable when only the process dies).
+    lasting: bool = True
 
 
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
@@ -533,6 +537,7 @@ class Spool:
         self.max_pending_bytes = max_pending_bytes
         self.max_total_bytes = max_total_bytes
         self._synchronous = synchronous
+        self._sync_now = synchronous  # what the writer connection is set to now (intake.spool._Job.lasting)
         self._batch_limit = batch_limit
         # A batch stops taking jobs at about this many bytes: the WAL, and the file's growth
         # between checkpoints, stay within what the reserve and the accounting allow for.
@@ -770,6 +775,7 @@ class Spool:
             return
         if not has_reserve:
             self._disk_full = "disk full: the spool has no reserve left; it publishes but refuses complaints until the disk has room"
+        self._sync_now = self._synchronous
         self._loop.call_soon_threadsafe(ready.set_result, None)
         running = True
         while running:
@@ -843,9 +849,19 @@ class Spool:
             self._write_fault = _describe(error)
             self._checkpoint_due = True
 
+    def _sync_for(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        """Outside a transaction: fsync at commit unless nothing in the batch needs it. A later commit's fsync of
+        the WAL makes the frames of an earlier unsynced one durable too, so the order of what lasts is kept."""
+        relaxed = self._synchronous.upper() in ("FULL", "EXTRA") and not any(job.lasting for job in batch)
+        wanted = "NORMAL" if relaxed else self._synchronous
+        if wanted != self._sync_now:
+            conn.execute(f"PRAGMA synchronous={wanted}")
+            self._sync_now = wanted
+
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> list[_Outcome]:
         self._before_batch(conn)
         try:
+            self._sync_for(conn, batch)
             try:
                 outcomes = self._run_batch(conn, batch, isolated=False)
             except Exception as error:  # some op failed: redo the batch with each op in its own savepoint
@@ -930,13 +946,14 @@ class Spool:
             else:
                 future.set_result(result)
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T], *, size: int = 0) -> T:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], *, size: int = 0, lasting: bool = True) -> T:
         """Queue an op for the writer. ``size`` is what it may add; ops with a size are the ones
-        refused while the disk is full, the others (those that drain the spool) go on."""
+        refused while the disk is full, the others (those that drain the spool) go on. ``lasting``
+        False: its commit need not survive a power cut (see ``_Job.lasting``)."""
         if self._writer is None or self._loop is None:
             raise TemporaryFailure("the spool is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Job(op, future, size))
+        self._queue.put(_Job(op, future, size, lasting))
         # Not shielded: a caller that gives up cancels only its future. The op stays queued and
         # commits all the same (its outcome is then dropped), so nothing written is undone.
         return await future
@@ -1337,7 +1354,8 @@ class Spool:
             self._refusing = None  # their raw messages may now give way
 
         if unique:
-            await self._write(op)
+            # Lost to a power cut, these deletes only mean the events are sent again with their ce_ids: no fsync.
+            await self._write(op, lasting=False)
 
     # --- replies --------------------------------------------------------------
 
