@@ -49,3 +49,23 @@ def test_text_in_capitals_on_several_lines_is_read_like_any_other():
     assert language.detect("MY PARCEL NEVER CAME.\nI HAVE BEEN WAITING FOR THREE WEEKS NOW") == "en"
     assert language.detect("Dzień dobry,\n\nzamówiłam pralkę trzy tygodnie temu i do dziś nie dotarła.") == "pl"
     assert language.detect("12345 67890 !!!! ----") is None
+
+
+def test_whatever_the_text_holds_a_guess_never_fails():
+    """A text reaches the guess as the channel decoded it: half an emoji (a lone surrogate, as JavaScript cuts them),
+    a NUL, a control character, a line or paragraph separator, only emoji, one endless word. Each gets a guess or
+    none, never an exception that would keep the complaint from its record."""
+    texts = [
+        "Mój telefon \ud83d nie działa od tygodnia, proszę o naprawę",
+        "hello\x00world, my order never arrived at all",
+        "\x1b[31mred\x1b[0m the parcel was left in the rain",
+        "first line\u2028second line\u2029third, all about a broken lamp",
+        "🙂" * 200,
+        "a" * 20_000,
+        "",
+    ]
+    for text in texts:
+        guess = language.detect(text)
+        assert guess is None or guess.isalpha()
+        assert language.model().rank(text)[0][1] >= 0.0
+    assert language.detect("Mój telefon \ud83d nie działa od tygodnia, proszę o naprawę") == "pl"

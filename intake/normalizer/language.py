@@ -29,22 +29,28 @@ class Model:
 
     def rank(self, text: str) -> list[tuple[str, float]]:
         """Every language the model gives a chance to, likeliest first; ``[("und", 0.0)]`` when it gives none."""
-        labels, probabilities = self._model.predict(_one_line(text), k=-1, threshold=0.0)
-        ranking = [(label.removeprefix(_PREFIX), min(1.0, float(p))) for label, p in zip(labels, probabilities, strict=True)]
-        return ranking or [("und", 0.0)]
+        return self._predict(text, -1) or [("und", 0.0)]
 
     def classify(self, text: str) -> tuple[str, float]:
         """The likeliest language and its probability."""
-        labels, probabilities = self._model.predict(_one_line(text), k=1, threshold=0.0)
-        if not labels:
-            return "und", 0.0
-        return labels[0].removeprefix(_PREFIX), min(1.0, float(probabilities[0]))
+        return (self._predict(text, 1) or [("und", 0.0)])[0]
+
+    def _predict(self, text: str, k: int) -> list[tuple[str, float]]:
+        try:
+            labels, probabilities = self._model.predict(_one_line(text), k=k, threshold=0.0)
+        except (TypeError, ValueError, RuntimeError):  # a guess is never worth a complaint: no guess
+            return []
+        return [(label.removeprefix(_PREFIX), min(1.0, float(p))) for label, p in zip(labels, probabilities, strict=True)]
 
 
 def _one_line(text: str) -> str:
-    """What the model reads: one line (it refuses a line break), NFC, and lower case when all in capitals (it was
-    trained on ordinary text, and "MY PARCEL NEVER CAME" would be a coin toss)."""
+    """What the model reads: one line of UTF-8 (it refuses a line break and a lone surrogate), NFC, and lower case
+    when all in capitals (it was trained on ordinary text, and "MY PARCEL NEVER CAME" would be a coin toss)."""
     text = " ".join(unicodedata.normalize("NFC", text).split())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (half an emoji cut by a sender): the model takes UTF-8 only
+        text = text.encode("utf-8", "replace").decode("utf-8")
     return text.lower() if text.isupper() else text
 
 
