@@ -28,8 +28,10 @@ class Model:
         self._model = fasttext_model
 
     def rank(self, text: str) -> list[tuple[str, float]]:
-        """Every language the model gives a chance to, likeliest first; ``[("und", 0.0)]`` when it gives none."""
-        return self._predict(text, -1) or [("und", 0.0)]
+        """The likeliest languages, first the likeliest; ``[("und", 0.0)]`` when the model gives none a chance."""
+        # The ten likeliest: what lies beyond holds a few thousandths of the probability, and listing all 176 costs
+        # a quarter more time.
+        return self._predict(text, 10) or [("und", 0.0)]
 
     def classify(self, text: str) -> tuple[str, float]:
         """The likeliest language and its probability."""
@@ -69,8 +71,10 @@ def model() -> Model:
 # Below this many letters a guess is a coin toss ("ok", "merci", an order number).
 _MIN_LETTERS = 12
 # The start of a text says its language: fastText's accuracy no longer grows past a sentence or two, while the time
-# grows with every character (about 10 us per 100). Every channel guesses from this much.
-SAMPLE_CHARS = 500
+# grows with every character (about 10 us per 100). On the catalogs' sentences cut to 100 characters it was right for
+# 877 of 1 025 (as a channel decides: 0.8 confidence), cut to 500 for 879, and wrong for none. Every channel guesses
+# from this much.
+SAMPLE_CHARS = 300
 
 
 def has_letters(sample: str, count: int) -> bool:
