@@ -253,7 +253,9 @@ async def _python_webhook(base: str, bodies: list[bytes], prefix: str, requests:
 
 def smtp_mails(messages: int) -> list[bytes]:
     return [
-        complaint_mail(complaint_text(n), sender=f"Customer {n} <customer{n}@bench.test>", to="complaints@example.test").as_bytes()
+        complaint_mail(
+            complaint_text(n), sender=f"Customer {n} <customer{n}@bench.test>", to="complaints@example.test"
+        ).as_bytes()
         for n in range(messages)
     ]
 
