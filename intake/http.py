@@ -52,8 +52,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """
     if declared_too_large(request, limit):
         raise BodyTooLarge(limit)
-    if request.content_length is not None and request.content.is_eof() and "Content-Encoding" not in request.headers:
-        # All of it arrived with the headers (most bodies do): nothing to wait for, so no timer to arm and cancel.
+    if request.content.is_eof():
+        # All of it has arrived (most bodies come with their headers): nothing to wait for, so no timer to arm and cancel.
         return await _read_body(request, limit)
     # aiohttp bounds neither the time to send a body nor the pauses within one: a client sending a byte a minute would hold
     # the handler, the connection and what it sent so far for as long as it likes.

@@ -9,9 +9,10 @@ Language: Twilio says nothing about the customer's language. The acknowledgement
 locale is guessed, in this order:
 
 1. from the text, with fastText's language identification model (176 languages,
-   ``intake.normalizer.language``, about 30 us a message): taken when the most likely language is one we
-   have a catalog for and it holds at least 90 % of the probability shared by those
-   languages; short or ambiguous texts ("ok", "merci") fall through;
+   ``intake.normalizer.language``, about 30 us a message): taken when the most
+   likely language is one we have a catalog for and it holds at least 90 % of the
+   probability shared by those languages; short or ambiguous texts ("ok", "merci")
+   fall through;
 2. from the sender's number (or Twilio's ``FromCountry``): the country's official
    languages, most widely spoken first (CLDR, through Babel), the first one we have
    a catalog for;
