@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 
+from intake.channels.email import wire
 from intake.channels.email.oauth import AccessTokens, TokenRefused, sasl_response
 from intake.acknowledgement import Acknowledgement
 from intake.errors import Rejected, Suppressed, TemporaryFailure
@@ -157,10 +158,25 @@ def _thread(in_reply_to: str | None, references: Iterable[str]) -> tuple[str | N
     return (theirs[0] if theirs else None), chain
 
 
-def _threading_headers(message: EmailMessage, in_reply_to: str | None, references: Iterable[str]) -> None:
+def _threading(in_reply_to: str | None, references: Iterable[str]) -> list[_MessageIds]:
+    fields = []
     for name, ids in (("In-Reply-To", [in_reply_to]), ("References", list(references))):
         if _message_ids(ids):
-            message[name] = _MessageIds(name, _message_ids(ids))
+            fields.append(_MessageIds(name, _message_ids(ids)))
+    return fields
+
+
+def _threading_headers(message: EmailMessage, in_reply_to: str | None, references: Iterable[str]) -> None:
+    for field in _threading(in_reply_to, references):
+        message[field.name] = field
+
+
+def _threading_lines(in_reply_to: str | None, references: Iterable[str]) -> list[str]:
+    return [field.fold(policy=SMTP_POLICY) for field in _threading(in_reply_to, references)]
+
+
+# RFC 3834 §5: an automatic answer says so; Exchange's own header keeps Outlook's out-of-office from answering it.
+_AUTOMATIC = (("Auto-Submitted", "auto-replied"), ("X-Auto-Response-Suppress", "All"))
 
 
 def _html(body: str, locale: str, direction: str) -> str:
@@ -276,8 +292,8 @@ class AcknowledgementSender:
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = payload["message_id"]
         _threading_headers(message, payload.get("in_reply_to"), payload.get("references") or [])
-        message["Auto-Submitted"] = "auto-replied"
-        message["X-Auto-Response-Suppress"] = "All"
+        for name, value in _AUTOMATIC:
+            message[name] = value
         message.set_content(payload["text"], charset="utf-8")
         if payload.get("direction") == "rtl":
             message.add_alternative(_html(_paragraphs(payload["text"]), payload["locale"], "rtl"), subtype="html", charset="utf-8")
@@ -310,7 +326,37 @@ class AcknowledgementSender:
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
         """One acknowledgement through the relay; TemporaryFailure or Rejected as ``send_reply`` says."""
-        await self.connection.send(self.compose(payload), sender=self._relay.envelope_sender, recipient=payload["to"])
+        message = self.plain(payload) or self.compose(payload)
+        await self.connection.send(message, sender=self._relay.envelope_sender, recipient=payload["to"])
+
+    def plain(self, payload: dict[str, Any]) -> bytes | None:
+        """What ``compose`` makes, written straight as bytes (``intake.channels.email.wire``) when the acknowledgement
+        is plain text to a plain address, as nearly all are; None for the rest, which ``compose`` makes."""
+        if payload.get("direction") == "rtl" or self._from_header is None:
+            return None
+        return wire.plain_message(
+            from_header=self._from_header,
+            to=payload["to"],
+            subject=payload["subject"],
+            date=formatdate(usegmt=True),
+            message_id=payload["message_id"],
+            threading=_threading_lines(payload.get("in_reply_to"), payload.get("references") or []),
+            headers=_AUTOMATIC,
+            locale=payload["locale"],
+            text=payload["text"],
+        )
+
+    @functools.cached_property
+    def _from_header(self) -> str | None:
+        """Our From: line as the email package folds it (once: it is the same on every acknowledgement); None when the
+        configured address cannot be written, which ``compose`` then says for each acknowledgement."""
+        message = EmailMessage(policy=SMTP_POLICY)
+        try:
+            message["From"] = Address(display_name=self._from_name, addr_spec=self._relay.from_address)
+            line = SMTP_POLICY.fold("From", message["From"])
+        except (ValueError, IndexError):
+            return None
+        return line if line.isascii() else None
 
 
 class OutboundEmailSender:
@@ -585,12 +631,16 @@ class RelayConnection:
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
-        """One message to one recipient, in a session of its own; TemporaryFailure to try again later, Rejected never."""
+    async def send(self, message: EmailMessage | bytes, *, sender: str, recipient: str) -> None:
+        """One message (composed, or already the bytes to send) to one recipient, in a session of its own;
+        TemporaryFailure to try again later, Rejected never."""
         try:
             session = await self._session()
             try:
-                await session.client.send_message(message, sender=sender, recipients=[recipient])
+                if isinstance(message, bytes):
+                    await session.client.sendmail(sender, [recipient], message)
+                else:
+                    await session.client.send_message(message, sender=sender, recipients=[recipient])
             except BaseException:
                 self._close(session)
                 raise
