@@ -77,7 +77,7 @@ def header(name: str, value: str) -> str:
         tokens += _encoded(" ".join(run))
     lines = [f"{name}:"]
     for token in tokens:
-        if len(lines[-1]) + 1 + len(token) > _LINE and lines[-1] != f"{name}:" and lines[-1]:
+        if len(lines[-1]) + 1 + len(token) > _LINE and lines[-1] != f"{name}:":
             lines.append("")
         lines[-1] += " " + token
     return CRLF.join(lines) + CRLF
@@ -111,7 +111,7 @@ def plain_message(
     values are plain ASCII tokens of ours (Auto-Submitted)."""
     if not plain_address(to) or _MESSAGE_ID.fullmatch(message_id) is None or _LOCALE.fullmatch(locale) is None:
         return None
-    if not subject.isprintable() or not text or "\x00" in text:
+    if not subject.isprintable():
         return None
     encoding, content = body(text)
     lines = [
