@@ -50,6 +50,13 @@ class HttpConfig(_Section):
         "once its headers have, and how long a form upload may pause: a sender that trickles it holds a connection and memory. "
         "Past it a webhook is answered 408, the form comes back with what was typed.",
     )
+    idle_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a connection may stay open without a whole request's headers: idle between requests, or "
+        "sending its headers this slowly (a slowloris holds a connection, and a process has only so many). Past it the "
+        "connection is closed; a request being answered is never cut.",
+    )
 
 
 class KafkaConfig(_Section):

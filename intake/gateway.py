@@ -412,10 +412,20 @@ class Gateway:
             await spool.close()
         log.info("gateway stopped", extra={"event": "stopped"})
 
+    def http_runner(self) -> web.AppRunner:
+        """The gateway's HTTP server. aiohttp keeps a connection that never sends a whole request for an hour unless
+        told otherwise (its keep-alive timer, started when the connection is made, is the only bound on headers)."""
+        return web.AppRunner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=self.settings.shutdown_grace_seconds,
+            keepalive_timeout=self.settings.http.idle_timeout_seconds,
+        )
+
     async def serve(self) -> None:
         """Run until SIGINT or SIGTERM, then shut down gracefully."""
         await self.start()
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_seconds)
+        runner = self.http_runner()
         await runner.setup()
         http = self.settings.http
         # Workers share the port: the kernel spreads connections across their sockets.
@@ -564,7 +574,7 @@ class Gateway:
             return web.Response(body=await self._own_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         app.router.add_get("/metrics", own)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.settings.http.idle_timeout_seconds)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]

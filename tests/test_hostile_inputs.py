@@ -18,7 +18,7 @@ from intake.normalizer import telegram, twilio, webhook
 from intake.normalizer.errors import InvalidMessage
 from intake.normalizer.record import Complaint
 from tests.support.gateway import running, settings, signed_headers
-from tests.support.raw_http import post_and_stall
+from tests.support.raw_http import closed_after, post_and_stall, post_in_two_segments
 from tests.support.telegram_api import BOT_ID, message, user
 from tests.support.topic import read_topic
 
@@ -156,3 +156,29 @@ async def test_a_body_that_stops_arriving_is_answered_on_every_http_channel(tmp_
     # 408 where a sender retries by itself; the form is given back to the person at the browser.
     assert [status for status, _head in answers] == [408, 408, 400]
     assert elapsed < 5
+
+
+async def test_a_connection_that_never_sends_a_whole_request_is_closed(tmp_path: Path, kafka, topic):
+    """aiohttp alone keeps such a connection for an hour: a few thousand of them (nothing sent, an idle keep-alive, a
+    header trickled a byte at a time) would hold every file descriptor the process has, for every channel."""
+    config = settings(tmp_path, kafka.bootstrap, topic, http={"idle_timeout_seconds": 1.0, "body_timeout_seconds": 10})
+    body = json.dumps({"text": "My parcel arrived broken."}).encode()
+    whole = (
+        "POST /webhook/acme HTTP/1.1\r\nHost: x\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in signed_headers(body, "idle-1").items())
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    async with running(config) as (_gateway, base):
+        nothing, trickled, kept_alive = await asyncio.gather(
+            closed_after(f"{base}/"),
+            closed_after(f"{base}/", b"POST /webhook/acme HTTP/1.1\r\nHost: x\r\nX-Padding: ", trickle=b"a" * 100),
+            closed_after(f"{base}/", whole),
+        )
+        # A request being answered is not cut by it: a body slower than the idle timeout (within the body's own) is
+        # taken in as any other.
+        status, _ = await post_in_two_segments(
+            f"{base}/webhook/acme", signed_headers(body, "idle-2"), body, pause=1.5
+        )
+    assert status == 202
+    for held in (nothing, trickled, kept_alive):
+        assert held is not None and 0.9 <= held < 4

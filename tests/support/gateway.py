@@ -59,7 +59,7 @@ async def running(
     if prepare is not None:
         prepare(gateway)
     await gateway.start()
-    runner = web.AppRunner(gateway.app, access_log=None)
+    runner = gateway.http_runner()
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, config.http.port)
     await site.start()

@@ -52,3 +52,36 @@ async def post_and_stall(url: str, headers: Mapping[str, str], sent: bytes, *, l
         await writer.wait_closed()
     status_line, _, _rest = head.partition(b"\r\n")
     return int(status_line.split()[1]), head
+
+
+async def closed_after(url: str, sent: bytes = b"", *, trickle: bytes = b"", every: float = 0.2, wait: float = 10) -> float | None:
+    """Open a connection, send ``sent``, then ``trickle`` a byte every ``every`` seconds (a header that never ends);
+    how long the server kept the connection before closing it, None if it was still open after ``wait`` seconds."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    opened = asyncio.get_running_loop().time()
+
+    async def dribble() -> None:
+        for byte in trickle:
+            await asyncio.sleep(every)
+            writer.write(bytes([byte]))
+            await writer.drain()
+
+    dribbling = asyncio.create_task(dribble())
+    try:
+        writer.write(sent)
+        await writer.drain()
+        while await asyncio.wait_for(reader.read(65536), timeout=wait):
+            pass  # an answer to a whole request, then the idle wait
+        return asyncio.get_running_loop().time() - opened
+    except (asyncio.TimeoutError, TimeoutError):
+        return None
+    except ConnectionError:  # closed while we were still writing
+        return asyncio.get_running_loop().time() - opened
+    finally:
+        dribbling.cancel()
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass
