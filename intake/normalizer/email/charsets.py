@@ -273,6 +273,7 @@ class _Reading:
     text: str
 
 
+@lru_cache(maxsize=4096)  # a text has few distinct characters, and the name lookup is the costly part
 def _script(char: str) -> str:
     name = unicodedata.name(char, "?")
     first = name.split(" ", 1)[0]
@@ -284,6 +285,8 @@ def _implausibility(text: str, language: str) -> float:
     alphabet = _ALPHABETS.get(language)
     odd = total = 0
     for word in text.split():
+        if word.isascii():  # nothing in it is counted, either way
+            continue
         letters = [char for char in word if char.isalpha()]
         scripts = {_script(char) for char in letters}
         accented = sum(1 for char in letters if ord(char) > 127)
@@ -292,16 +295,15 @@ def _implausibility(text: str, language: str) -> float:
         # "φΑΜΟΒΑ": capitals after small letters inside a word are an artefact of the wrong table.
         cases = "".join("l" if char.islower() else "u" for char in letters if char.islower() or char.isupper())
         mixed_case = "lu" in cases
-        previous = ""
-        for char in word:
-            mark_on_mark = unicodedata.category(previous).startswith("M") if previous else True
-            previous = char
+        for index, char in enumerate(word):
             if ord(char) < 128:
                 continue
             total += 1
             category = unicodedata.category(char)
-            if category[0] in "CS" or category in ("No", "Lm") or (category[0] == "M" and mark_on_mark):
+            if category[0] in "CS" or category in ("No", "Lm"):
                 odd += 1
+            elif category[0] == "M" and (index == 0 or unicodedata.category(word[index - 1])[0] == "M"):
+                odd += 1  # a combining mark on nothing, or on another mark
             elif char.isalpha() and (len(scripts) > 1 or all_accented or mixed_case):
                 odd += 1
             elif alphabet is not None and char.isalpha() and char.lower() not in alphabet:
