@@ -64,6 +64,27 @@ async def _plain_server_header(request: web.Request, response: web.StreamRespons
     response.headers["Server"] = "intake"
 
 
+@web.middleware
+async def _close_after_an_unfinished_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body that was not received to its end (it did not decompress, its framing broke, it stalled, or it was refused
+    before it all came) leaves the connection in no state for another request: aiohttp closes it after the answer, or
+    drains what is left for as long as it lingers. The answer says so (Connection: close), before it is written: a
+    client that pools connections would otherwise send its next request on one about to close, and get no answer."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:  # aiohttp's own refusals (413 from client_max_size) are responses too
+        if _unfinished(request):
+            error.force_close()
+        raise
+    if _unfinished(request):
+        response.force_close()
+    return response
+
+
+def _unfinished(request: web.Request) -> bool:
+    return request.content.exception() is not None or not request.content.is_eof()
+
+
 class Housekeeping:
     """A component: keeps the spool fit to take complaints (its reserve, its WAL, early pruning near its bound,
     and a full disk noticed as soon as it has room again) and forgets raw messages past retention."""
@@ -252,7 +273,7 @@ class Gateway:
         self._max_body = max(settings.webhook.max_body_bytes, 1024 * 1024)
         self.app = web.Application(
             client_max_size=self._max_body,
-            middlewares=[self._refuse_while_draining, self._count_refusals],
+            middlewares=[_close_after_an_unfinished_body, self._refuse_while_draining, self._count_refusals],
         )
         self.app[BODY_TIMEOUT] = settings.http.body_timeout_seconds
         # Which channel each route belongs to, for counting what is refused on every channel in one place.

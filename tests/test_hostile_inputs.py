@@ -182,3 +182,33 @@ async def test_a_connection_that_never_sends_a_whole_request_is_closed(tmp_path:
     assert status == 202
     for held in (nothing, trickled, kept_alive):
         assert held is not None and 0.9 <= held < 4
+
+
+async def test_a_body_that_does_not_decompress_is_answered_and_so_is_the_next_request(tmp_path: Path, kafka, topic):
+    """Its answer says the connection closes: aiohttp closes it after answering, and a client that pools connections
+    (one here) sent its next request on it and got no answer at all, on every channel that reads a body."""
+    config = settings(
+        tmp_path,
+        kafka.bootstrap,
+        topic,
+        twilio={"enabled": True, "auth_tokens": ["0" * 32]},
+        web_form={"enabled": True},
+        attachments={"directory": str(tmp_path / "attachments")},
+    )
+    broken = b"\x1f\x8b\x08\x00" + b"not gzip after its first four bytes " * 50
+    posts = {
+        "/webhook/acme": "application/json",
+        "/twilio/messages": "application/x-www-form-urlencoded",
+        "/complaint": "multipart/form-data; boundary=b",
+        "/status": "application/x-www-form-urlencoded",
+    }
+    connector = aiohttp.TCPConnector(limit=1)
+    async with running(config) as (gateway, base), aiohttp.ClientSession(connector=connector) as http:
+        for path, media_type in posts.items():
+            headers = {"Content-Encoding": "gzip", "Content-Type": media_type}
+            async with http.post(f"{base}{path}", data=broken, headers=headers) as response:
+                assert 400 <= response.status < 500, path
+                assert response.headers.get("Connection") == "close", path
+            async with http.get(f"{base}/healthz") as response:
+                assert response.status == 200, path
+        assert (await gateway.spool.status()).messages == 0
