@@ -3,11 +3,19 @@ the gateway's own catalogs, written by people in each of the languages it answer
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+from email.message import EmailMessage
 from importlib.resources import files
+from urllib.parse import urlencode
 
 from babel.messages.pofile import read_po
 
+from intake.i18n import SUPPORTED
 from intake.normalizer import language
+from intake.normalizer.reference import reference_for
+
+NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.timezone.utc)
 
 
 def _sentences() -> list[tuple[str, str]]:
@@ -69,3 +77,44 @@ def test_whatever_the_text_holds_a_guess_never_fails():
         assert guess is None or guess.isalpha()
         assert language.model().rank(text)[0][1] >= 0.0
     assert language.detect("Mój telefon \ud83d nie działa od tygodnia, proszę o naprawę") == "pl"
+
+
+# References whose letters alone made the model sure of a language ("status C-ZZE3-TF67" read as English or Chinese
+# for one reference in eight), with their letters-only kind, which no digit gives away.
+_REFERENCES = [reference_for("sms", f"SM{n:032x}") for n in range(400)] + ["C-ZZEX-TFKA", "c-wxyz-abcd"]
+_CODES = ["ORDER-AB12345678", "1Z999AA10123456784", "+48601234567", "https://shop.example/orders/4711", "anna@example.pl"]
+
+
+def test_codes_are_not_read_as_words_on_any_channel():
+    """A reference, an order or tracking number, a phone number, a link or an address is in no language: a status
+    request ("status C-ZZE3-TF67") is told from its number's country, not from the letters of the reference it
+    quotes, on every channel that guesses; the words around codes are still read."""
+    from intake.normalizer import email as mail
+    from intake.normalizer import twilio, webhook
+
+    def sms(text: str) -> str | None:
+        raw = urlencode({"MessageSid": "SM" + "0" * 32, "From": "+48512987654", "To": "+48222222222", "Body": text}).encode()
+        return twilio.to_complaint(raw, received_at=NOW, locales=SUPPORTED).complainant.locale
+
+    def partner(text: str) -> str | None:
+        body = json.dumps({"text": text, "complainant": {"email": "anna@example.pl"}}).encode()
+        return webhook.to_complaint(body, partner="acme", idempotency_key="k", received_at=NOW).language
+
+    def email(text: str) -> str | None:
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "anna@example.pl", "complaints@example.com", text
+        message["Message-ID"] = "<codes@example.pl>"
+        message.set_content(text)
+        data = message.as_bytes()
+        return mail.to_complaint(mail.parse(data), data, received_at=NOW, attachments=[], origin={}).language
+
+    for code in _REFERENCES + _CODES:
+        for text in (f"status {code}", f"{code} {code}", f"Status: {code}, {_CODES[0]}"):
+            assert language.sample(text) is None, text
+            assert sms(text) == "pl", text  # the number's country
+            assert partner(text) is None, text
+            assert email(text) is None, text
+    polish = "Zamówienie ORDER-AB12345678 nie dotarło, proszę o zwrot: anna@example.pl, +48601234567"
+    assert language.detect(polish) == "pl" and sms(polish) == partner(polish) == email(polish) == "pl"
+    chinese = "我的订单ORDER-AB12345678三周了还没有到，请尽快退款"  # no spaces around the code: only the code goes
+    assert language.sample(chinese) == "我的订单 三周了还没有到，请尽快退款"
