@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
+import re
 import ssl
 import time
 import weakref
@@ -39,6 +40,15 @@ _STOP_GRACE_SECONDS = 10.0
 NOT_OURS = "550 5.7.1 Relaying denied: this server only takes mail for its own complaint addresses"
 TOO_BIG = "552 5.3.4 Message size exceeds the fixed maximum message size"
 
+# A path as nearly every MTA writes it, "<local@host.example>" and its ESMTP parameters one space apart: read without
+# the email package's header parser, which aiosmtpd runs on every MAIL and RCPT (with a typing class made on each call:
+# 9 % of an SMTP worker's time). Anything else (quoted, a literal, a comment, a source route) is aiosmtpd's to read.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
+    r"(?: ([A-Za-z0-9][A-Za-z0-9=+.:/_,-]*(?: [A-Za-z0-9][A-Za-z0-9=+.:/_,-]*)*))?"
+)
+
 
 class _Session(SMTP):
     """aiosmtpd's SMTP session, taking text lines as long as the whole message may be.
@@ -57,6 +67,16 @@ class _Session(SMTP):
         # Plus the CRLF and a transparency dot: a line this long cannot fit in a message within the limit.
         self.line_length_limit = data_size_limit + len(b".\r\n")
         super().__init__(handler, data_size_limit=data_size_limit, **options)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """(address, the rest: its parameters) as aiosmtpd reads them; the common form without its parser."""
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address = plain.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, plain.group(2) or ""
 
     async def push(self, status: str | bytes) -> None:
         # A line longer than that is a message over the size limit, and gets the 552 that SIZE promised.
