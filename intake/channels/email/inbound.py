@@ -60,6 +60,9 @@ TRACE_PREFIXES = ("x-spam-",)  # SpamAssassin and rspamd: X-Spam-Status, -Score,
 
 # A header field's first line, as RFC 5322 §2.2 spells it (and "Name :" as old mailers do).
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+# A mail this small is identified on the event loop (about 60 us at 700 bytes, 230 at 16 KiB): handing it to a thread
+# and back costs more (about 170 us of the loop's time, and a GIL handoff each way). A larger one goes to a thread.
+_INLINE_IDENTITY_BYTES = 16 * 1024
 
 
 def content_digest(raw: bytes) -> str:
@@ -140,7 +143,10 @@ class Inbound:
         self._attachments.check_writable()
         # Known before the mail is normalised: the channel message id needs only its Message-ID and its digest, so the
         # 250 can name the reference the customer will be given (a sender's log then ties the two together).
-        identity = await asyncio.to_thread(lambda: channel_message_id(mail.find_message_id(raw), raw))
+        if len(raw) <= _INLINE_IDENTITY_BYTES:
+            identity = channel_message_id(mail.find_message_id(raw), raw)
+        else:
+            identity = await asyncio.to_thread(lambda: channel_message_id(mail.find_message_id(raw), raw))
         await self._reception.receive_later(
             channel="email",
             raw=raw,
