@@ -561,6 +561,8 @@ class Spool:
         self._memory_bytes = memory_bytes
         self.events_written = asyncio.Event()
         self.inbox_written = asyncio.Event()
+        # When a raw message was last handed in to be stored (time.monotonic): the normaliser yields to a burst.
+        self.taken_in_at = 0.0
         self.commands_written = asyncio.Event()
         self.commits = 0
         self.pruned_early = 0  # raw messages pruned inside retention to make room
@@ -1190,6 +1192,7 @@ class Spool:
     async def take_in(self, channel: str, raw: bytes, *, context: dict[str, Any], received_at: float) -> int:
         """Store a raw message to normalise later; its id. Raises SpoolFull or TemporaryFailure as ``accept``."""
         self._check_capacity()
+        self.taken_in_at = time.monotonic()
 
         def op(conn: sqlite3.Connection) -> int:
             encoded = json.dumps(context)
@@ -1209,14 +1212,22 @@ class Spool:
 
         return await self._write(op, size=len(raw) or 1)
 
-    async def to_normalise(self, now: float, limit: int = 32) -> list[InboxMessage]:
-        """Inbox messages due for normalising, oldest first."""
+    async def to_normalise(self, now: float, limit: int = 32, *, taken_in_by: float | None = None) -> list[InboxMessage]:
+        """Inbox messages due for normalising, oldest first; with ``taken_in_by``, only those received by then (and any
+        received after ``now``: the clock was set back, and they would wait for as long)."""
 
         def query(conn: sqlite3.Connection) -> list[InboxMessage]:
-            rows = conn.execute(
-                "SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE not_before <= ? ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            if taken_in_by is None:
+                rows = conn.execute(
+                    "SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE not_before <= ? ORDER BY id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id, channel, received_at, raw, context, attempts FROM inbox"
+                    " WHERE not_before <= ? AND (received_at <= ? OR received_at > ?) ORDER BY id LIMIT ?",
+                    (now, taken_in_by, now, limit),
+                ).fetchall()
             return [InboxMessage(i, ch, at, raw, json.loads(context), attempts) for i, ch, at, raw, context, attempts in rows]
 
         return await self._read(query)

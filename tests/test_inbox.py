@@ -10,10 +10,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from intake.errors import SpoolFull, TemporaryFailure
+from intake.inbox import Normaliser
 from intake.spool import Spool, Submission
 from intake.normalizer import webhook as webhook_normalizer
 from tests.support.gateway import complaint_body, running, settings
@@ -144,3 +146,50 @@ async def test_a_message_that_fails_for_now_waits_in_the_inbox_and_goes_through_
         await asyncio.sleep(0.2)
         assert gateway.supervisor.state("normaliser").state == "ok"
     assert len(of_type(records, "received")) == 1
+
+
+async def test_while_mail_is_taken_in_the_normaliser_leaves_young_mail_until_the_burst_pauses_or_it_is_ripe(tmp_path: Path):
+    """Taking mail in comes first (the 250s): while it goes on, a mail younger than the deferral waits; it is normalised
+    once it is that old, however long the burst, and at once when the burst pauses. One received "in the future" (the
+    clock set back) is not left waiting for as long."""
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    now, burst = [1000.6], [True]
+    normalised: list[bytes] = []
+
+    async def normalise(raw: bytes, received_at: dt.datetime, context: dict, inbox_id: int) -> None:
+        normalised.append(raw)
+        await spool.forget_inbox([inbox_id])
+
+    reception = SimpleNamespace(later={"email": normalise}, replay=None)
+    normaliser = Normaliser(
+        spool, reception, burst_defer=1.0, clock=lambda: now[0],  # type: ignore[arg-type]
+        monotonic=lambda: spool.taken_in_at + (0.0 if burst[0] else 60.0),
+    )  # fmt: skip
+
+    async def have_normalised(*raws: bytes) -> None:
+        async def done() -> bool:
+            return normalised == list(raws)
+
+        await wait_for(done, timeout=5, interval=0.02)
+
+    task = asyncio.create_task(normaliser.run())
+    try:
+        await spool.take_in("email", b"first", context={}, received_at=1000.0)
+        await spool.take_in("email", b"second", context={}, received_at=1000.6)
+        await asyncio.sleep(0.4)
+        assert normalised == []  # both young while the burst goes on
+        now[0] = 1001.2
+        await have_normalised(b"first")
+        await asyncio.sleep(0.3)
+        assert normalised == [b"first"]  # the second is 0.6 s old: it waits on
+        await spool.take_in("email", b"from the future", context={}, received_at=9999.0)
+        await have_normalised(b"first", b"from the future")
+        burst[0] = False
+        await have_normalised(b"first", b"from the future", b"second")
+        await spool.take_in("email", b"after the burst", context={}, received_at=now[0])
+        await have_normalised(b"first", b"from the future", b"second", b"after the burst")
+    finally:
+        await normaliser.stop()
+        await asyncio.wait_for(task, 5)
+        await spool.close()
