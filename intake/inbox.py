@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from intake.errors import TemporaryFailure
 from intake.pause import pause
@@ -69,30 +70,54 @@ class Normaliser:
         self.failing: str | None = None  # why the last message failed for now, until one succeeds
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            self._spool.inbox_written.clear()
-            burst = self._in_a_burst()
-            now = self._clock()
-            try:
-                due = await self._spool.to_normalise(
-                    now, limit=self._concurrency, taken_in_by=now - self._burst_defer if burst else None
+        # The messages being normalised. One that has finished has committed (its record, or its retry time) before it
+        # leaves: a look at the inbox that begins after it left sees that, one that began before it left skips it.
+        working: dict[int, asyncio.Future[None]] = {}
+
+        def finish(message_id: int) -> Callable[[asyncio.Future[None]], None]:
+            def leave(_: asyncio.Future[None]) -> None:
+                working.pop(message_id, None)
+
+            return leave
+
+        try:
+            while not self._stopping.is_set():
+                burst = self._in_a_burst()
+                room = self._concurrency - len(working)
+                looked = False
+                # Refilled once half the places are free: a look at the inbox per message would cost more than the gap.
+                if room >= max(1, self._concurrency // 2):
+                    self._spool.inbox_written.clear()
+                    now = self._clock()
+                    try:
+                        due = await self._spool.to_normalise(
+                            now, limit=room, taken_in_by=now - self._burst_defer if burst else None, excluding=set(working)
+                        )
+                    except TemporaryFailure as error:
+                        self.failing = f"spool: {error}"[:300]
+                        await pause(self._stopping, 2.0)
+                        continue
+                    for message in due:
+                        task = asyncio.ensure_future(self._normalise(message))
+                        working[message.id] = task
+                        task.add_done_callback(finish(message.id))
+                    if len(due) == room:
+                        continue  # more may be due: as soon as half the places are free again
+                    looked = True  # and nothing more is due
+                # Wait for a place to free up; with places free and nothing due, for new mail too (in a burst, for
+                # the oldest to ripen or the burst to pause); messages waiting for a retry are looked at every second.
+                waits: set[asyncio.Future[Any]] = set(working.values())
+                own: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
+                if looked and not burst:
+                    own.append(asyncio.ensure_future(self._spool.inbox_written.wait()))
+                await asyncio.wait(
+                    waits | set(own), timeout=BURST_GAP_SECONDS if burst else 1.0, return_when=asyncio.FIRST_COMPLETED
                 )
-            except TemporaryFailure as error:
-                self.failing = f"spool: {error}"[:300]
-                await pause(self._stopping, 2.0)
-                continue
-            if burst and not due:
-                await pause(self._stopping, BURST_GAP_SECONDS)  # then again: the oldest may be ripe, or the burst over
-                continue
-            if not due:
-                # New mail wakes it at once; messages waiting for a retry are looked at every second.
-                waiter = asyncio.ensure_future(self._spool.inbox_written.wait())
-                stopper = asyncio.ensure_future(self._stopping.wait())
-                _, pending = await asyncio.wait({waiter, stopper}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
-                continue
-            await asyncio.gather(*(self._normalise(message) for message in due))
+                for future in own:
+                    future.cancel()
+        finally:
+            if working:  # stopping: what has begun ends in its own transaction
+                await asyncio.wait(set(working.values()))
 
     def _in_a_burst(self) -> bool:
         return self._monotonic() - self._spool.taken_in_at < BURST_GAP_SECONDS

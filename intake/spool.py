@@ -43,7 +43,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -1212,22 +1212,23 @@ class Spool:
 
         return await self._write(op, size=len(raw) or 1)
 
-    async def to_normalise(self, now: float, limit: int = 32, *, taken_in_by: float | None = None) -> list[InboxMessage]:
-        """Inbox messages due for normalising, oldest first; with ``taken_in_by``, only those received by then (and any
-        received after ``now``: the clock was set back, and they would wait for as long)."""
+    async def to_normalise(
+        self, now: float, limit: int = 32, *, taken_in_by: float | None = None, excluding: Collection[int] = ()
+    ) -> list[InboxMessage]:
+        """Inbox messages due for normalising, oldest first, but those ``excluding`` names (being normalised already);
+        with ``taken_in_by``, only those received by then (and any received after ``now``: the clock was set back, and
+        they would wait for as long)."""
+        where, parameters = ["not_before <= ?"], [now]
+        if taken_in_by is not None:
+            where.append("(received_at <= ? OR received_at > ?)")
+            parameters += [taken_in_by, now]
+        if excluding:
+            where.append(f"id NOT IN ({', '.join('?' * len(excluding))})")
+            parameters += list(excluding)
+        sql = f"SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
 
         def query(conn: sqlite3.Connection) -> list[InboxMessage]:
-            if taken_in_by is None:
-                rows = conn.execute(
-                    "SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE not_before <= ? ORDER BY id LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT id, channel, received_at, raw, context, attempts FROM inbox"
-                    " WHERE not_before <= ? AND (received_at <= ? OR received_at > ?) ORDER BY id LIMIT ?",
-                    (now, taken_in_by, now, limit),
-                ).fetchall()
+            rows = conn.execute(sql, (*parameters, limit)).fetchall()
             return [InboxMessage(i, ch, at, raw, json.loads(context), attempts) for i, ch, at, raw, context, attempts in rows]
 
         return await self._read(query)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -189,6 +190,42 @@ async def test_while_mail_is_taken_in_the_normaliser_leaves_young_mail_until_the
         await have_normalised(b"first", b"from the future", b"second")
         await spool.take_in("email", b"after the burst", context={}, received_at=now[0])
         await have_normalised(b"first", b"from the future", b"second", b"after the burst")
+    finally:
+        await normaliser.stop()
+        await asyncio.wait_for(task, 5)
+        await spool.close()
+
+
+async def test_the_normaliser_takes_each_message_once_however_its_normalising_and_the_inbox_reads_interleave(tmp_path: Path):
+    """Up to ``concurrency`` messages are normalised at once and the inbox is read again as places free up: a read
+    that began before a message's transaction committed must not hand it out a second time."""
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    taken: list[bytes] = []
+    rng = random.Random(7)
+
+    async def normalise(raw: bytes, received_at: dt.datetime, context: dict, inbox_id: int) -> None:
+        taken.append(raw)
+        await asyncio.sleep(rng.random() * 0.01)
+        if raw.endswith(b"3"):
+            raise TemporaryFailure("the attachment store is away")  # these wait for their retry
+        await spool.forget_inbox([inbox_id])
+
+    reception = SimpleNamespace(later={"email": normalise}, replay=None)
+    normaliser = Normaliser(spool, reception, concurrency=8, first_retry=60.0, monotonic=lambda: 0.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(normaliser.run())
+    try:
+        for n in range(300):
+            await spool.take_in("email", b"mail %d" % n, context={}, received_at=0.0)
+            if n % 7 == 0:
+                await asyncio.sleep(0)
+
+        async def all_taken() -> bool:
+            return len(set(taken)) == 300 and (await spool.status()).to_normalise == 30
+
+        await wait_for(all_taken, timeout=30, interval=0.05)
+        await asyncio.sleep(0.2)
+        assert sorted(taken) == sorted(b"mail %d" % n for n in range(300))  # each once; the failed ones wait for later
     finally:
         await normaliser.stop()
         await asyncio.wait_for(task, 5)
