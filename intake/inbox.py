@@ -51,7 +51,8 @@ class Normaliser:
         spool: Spool,
         reception: Reception,
         *,
-        concurrency: int = 16,
+        concurrency: int = 32,
+        max_bytes_in_hand: int = 32 * 1024 * 1024,
         burst_defer: float = BURST_DEFER_SECONDS,
         first_retry: float = 1.0,
         max_retry: float = 300.0,
@@ -61,6 +62,7 @@ class Normaliser:
         self._spool = spool
         self._reception = reception
         self._concurrency = concurrency
+        self._max_bytes = max_bytes_in_hand
         self._burst_defer = burst_defer
         self._first_retry = first_retry
         self._max_retry = max_retry
@@ -73,10 +75,12 @@ class Normaliser:
         # The messages being normalised. One that has finished has committed (its record, or its retry time) before it
         # leaves: a look at the inbox that begins after it left sees that, one that began before it left skips it.
         working: dict[int, asyncio.Future[None]] = {}
+        in_hand = [0]  # bytes of raw mail in ``working``
 
-        def finish(message_id: int) -> Callable[[asyncio.Future[None]], None]:
+        def finish(message: InboxMessage) -> Callable[[asyncio.Future[None]], None]:
             def leave(_: asyncio.Future[None]) -> None:
-                working.pop(message_id, None)
+                working.pop(message.id, None)
+                in_hand[0] -= len(message.raw)
 
             return leave
 
@@ -85,13 +89,18 @@ class Normaliser:
                 burst = self._in_a_burst()
                 room = self._concurrency - len(working)
                 looked = False
-                # Refilled once half the places are free: a look at the inbox per message would cost more than the gap.
-                if room >= max(1, self._concurrency // 2):
+                # Refilled once half the places (and half the bytes) are free: a look at the inbox per message would
+                # cost more than the gap.
+                if room >= max(1, self._concurrency // 2) and in_hand[0] <= self._max_bytes // 2:
                     self._spool.inbox_written.clear()
                     now = self._clock()
                     try:
                         due = await self._spool.to_normalise(
-                            now, limit=room, taken_in_by=now - self._burst_defer if burst else None, excluding=set(working)
+                            now,
+                            limit=room,
+                            taken_in_by=now - self._burst_defer if burst else None,
+                            excluding=set(working),
+                            max_bytes=self._max_bytes - in_hand[0],
                         )
                     except TemporaryFailure as error:
                         self.failing = f"spool: {error}"[:300]
@@ -100,8 +109,9 @@ class Normaliser:
                     for message in due:
                         task = asyncio.ensure_future(self._normalise(message))
                         working[message.id] = task
-                        task.add_done_callback(finish(message.id))
-                    if len(due) == room:
+                        in_hand[0] += len(message.raw)
+                        task.add_done_callback(finish(message))
+                    if len(due) == room or in_hand[0] > self._max_bytes // 2:
                         continue  # more may be due: as soon as half the places are free again
                     looked = True  # and nothing more is due
                 # Wait for a place to free up; with places free and nothing due, for new mail too (in a burst, for

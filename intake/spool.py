@@ -1213,11 +1213,18 @@ class Spool:
         return await self._write(op, size=len(raw) or 1)
 
     async def to_normalise(
-        self, now: float, limit: int = 32, *, taken_in_by: float | None = None, excluding: Collection[int] = ()
+        self,
+        now: float,
+        limit: int = 32,
+        *,
+        taken_in_by: float | None = None,
+        excluding: Collection[int] = (),
+        max_bytes: int | None = None,
     ) -> list[InboxMessage]:
         """Inbox messages due for normalising, oldest first, but those ``excluding`` names (being normalised already);
         with ``taken_in_by``, only those received by then (and any received after ``now``: the clock was set back, and
-        they would wait for as long)."""
+        they would wait for as long); with ``max_bytes``, as many as fit in that many bytes of raw mail, and at least
+        one."""
         where, parameters = ["not_before <= ?"], [now]
         if taken_in_by is not None:
             where.append("(received_at <= ? OR received_at > ?)")
@@ -1226,9 +1233,18 @@ class Spool:
             where.append(f"id NOT IN ({', '.join('?' * len(excluding))})")
             parameters += list(excluding)
         sql = f"SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        sizes = f"SELECT id, length(raw) FROM inbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
 
         def query(conn: sqlite3.Connection) -> list[InboxMessage]:
-            rows = conn.execute(sql, (*parameters, limit)).fetchall()
+            count = limit
+            if max_bytes is not None:  # the sizes first (the raw mail is not read for them), then what fits
+                total, count = 0, 0
+                for _, size in conn.execute(sizes, (*parameters, limit)):
+                    total += size
+                    if count and total > max_bytes:
+                        break
+                    count += 1
+            rows = conn.execute(sql, (*parameters, count)).fetchall()
             return [InboxMessage(i, ch, at, raw, json.loads(context), attempts) for i, ch, at, raw, context, attempts in rows]
 
         return await self._read(query)

@@ -230,3 +230,22 @@ async def test_the_normaliser_takes_each_message_once_however_its_normalising_an
         await normaliser.stop()
         await asyncio.wait_for(task, 5)
         await spool.close()
+
+
+async def test_the_inbox_hands_out_as_many_mails_as_fit_in_the_bytes_asked_for_and_always_one(tmp_path: Path):
+    """The normaliser holds what it normalises in memory: 32 mails of 25 MiB would be 800 MiB, so it asks for what fits
+    in the bytes it has left; a mail larger than that alone still comes, or it would never be normalised."""
+    spool = Spool(tmp_path / "s.db")
+    await spool.open()
+    try:
+        for size in (400, 300, 500, 2000, 100):
+            await spool.take_in("email", b"x" * size, context={}, received_at=0.0)
+        sizes = lambda messages: [len(m.raw) for m in messages]  # noqa: E731
+        assert sizes(await spool.to_normalise(1.0, limit=10, max_bytes=1200)) == [400, 300, 500]
+        assert sizes(await spool.to_normalise(1.0, limit=10, max_bytes=1199)) == [400, 300]
+        assert sizes(await spool.to_normalise(1.0, limit=2, max_bytes=10_000)) == [400, 300]
+        first, second, third, *_ = await spool.to_normalise(1.0, limit=10)
+        assert sizes(await spool.to_normalise(1.0, limit=10, max_bytes=1000, excluding={first.id, second.id, third.id})) == [2000]
+        assert sizes(await spool.to_normalise(1.0, limit=10, max_bytes=1, excluding={first.id})) == [300]
+    finally:
+        await spool.close()
