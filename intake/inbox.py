@@ -1,7 +1,8 @@
 """The inbox's normaliser: turns raw messages taken in before normalising (SMTP) into complaints, from the spool.
 
-A component: it takes the inbox's due messages oldest first, several at a
-time (their spool writes share commits), and hands each to the function its
+A component: it takes the inbox's due messages oldest first, keeping up to
+32 in hand (their spool writes share commits) and taking more as places free
+up, and hands each to the function its
 channel registered (``Reception.normalize_later``), which stores the record,
 its events and its reply and removes the message from the inbox in one
 transaction. What fails for now (an attachment store away, a full disk)
@@ -35,9 +36,9 @@ from intake.spool import InboxMessage, Spool
 log = logging.getLogger("intake.inbox")
 
 # How long a message may wait in the inbox while mail keeps being taken in. Measured on the benchmark (2 000 mails over
-# 16 SMTP connections, two workers, two cores): 540 mails/s answered 250 when normalising went on meanwhile, 1 460/s
-# with this, and every mail on the topic sooner (3.2 s after the first, not 3.8). At half a second the burst had not
-# ended before normalising caught up with it: 680/s.
+# 16 SMTP connections, two workers, two cores; the first try, before the other changes of that day): 540 mails/s
+# answered 250 when normalising went on meanwhile, 1 460/s with this, and every mail on the topic sooner (3.2 s after
+# the first, not 3.8). At half a second normalising began before the burst was over, and slowed it again: 680/s.
 BURST_DEFER_SECONDS = 1.0
 # Taking in is going on while the last message came this recently.
 BURST_GAP_SECONDS = 0.05
@@ -126,8 +127,12 @@ class Normaliser:
                 for future in own:
                     future.cancel()
         finally:
-            if working:  # stopping: what has begun ends in its own transaction
-                await asyncio.wait(set(working.values()))
+            try:
+                if working:  # stopping: what has begun ends in its own transaction
+                    await asyncio.wait(set(working.values()))
+            finally:  # cancelled, by the supervisor past its grace: so is what is in hand (it stays in the inbox)
+                for task in list(working.values()):
+                    task.cancel()
 
     def _in_a_burst(self) -> bool:
         return self._monotonic() - self._spool.taken_in_at < BURST_GAP_SECONDS
