@@ -75,24 +75,17 @@ class Normaliser:
     async def run(self) -> None:
         # The messages being normalised. One that has finished has committed (its record, or its retry time) before it
         # leaves: a look at the inbox that begins after it left sees that, one that began before it left skips it.
-        working: dict[int, asyncio.Future[None]] = {}
-        in_hand = [0]  # bytes of raw mail in ``working``
-
-        def finish(message: InboxMessage) -> Callable[[asyncio.Future[None]], None]:
-            def leave(_: asyncio.Future[None]) -> None:
-                working.pop(message.id, None)
-                in_hand[0] -= len(message.raw)
-
-            return leave
+        working: dict[int, tuple[int, asyncio.Future[None]]] = {}  # id: (bytes of raw mail, its normalising)
 
         try:
             while not self._stopping.is_set():
                 burst = self._in_a_burst()
                 room = self._concurrency - len(working)
+                in_hand = sum(size for size, _ in working.values())
                 looked = False
                 # Refilled once half the places (and half the bytes) are free: a look at the inbox per message would
                 # cost more than the gap.
-                if room >= max(1, self._concurrency // 2) and in_hand[0] <= self._max_bytes // 2:
+                if room >= max(1, self._concurrency // 2) and in_hand <= self._max_bytes // 2:
                     self._spool.inbox_written.clear()
                     now = self._clock()
                     try:
@@ -101,7 +94,7 @@ class Normaliser:
                             limit=room,
                             taken_in_by=now - self._burst_defer if burst else None,
                             excluding=set(working),
-                            max_bytes=self._max_bytes - in_hand[0],
+                            max_bytes=self._max_bytes - in_hand,
                         )
                     except TemporaryFailure as error:
                         self.failing = f"spool: {error}"[:300]
@@ -109,15 +102,15 @@ class Normaliser:
                         continue
                     for message in due:
                         task = asyncio.ensure_future(self._normalise(message))
-                        working[message.id] = task
-                        in_hand[0] += len(message.raw)
-                        task.add_done_callback(finish(message))
-                    if len(due) == room or in_hand[0] > self._max_bytes // 2:
+                        working[message.id] = (len(message.raw), task)
+                        in_hand += len(message.raw)
+                        task.add_done_callback(lambda _, key=message.id: working.pop(key, None))
+                    if len(due) == room or in_hand > self._max_bytes // 2:
                         continue  # more may be due: as soon as half the places are free again
                     looked = True  # and nothing more is due
                 # Wait for a place to free up; with places free and nothing due, for new mail too (in a burst, for
                 # the oldest to ripen or the burst to pause); messages waiting for a retry are looked at every second.
-                waits: set[asyncio.Future[Any]] = set(working.values())
+                waits: set[asyncio.Future[Any]] = {task for _, task in working.values()}
                 own: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stopping.wait())]
                 if looked and not burst:
                     own.append(asyncio.ensure_future(self._spool.inbox_written.wait()))
@@ -129,9 +122,9 @@ class Normaliser:
         finally:
             try:
                 if working:  # stopping: what has begun ends in its own transaction
-                    await asyncio.wait(set(working.values()))
+                    await asyncio.wait({task for _, task in working.values()})
             finally:  # cancelled, by the supervisor past its grace: so is what is in hand (it stays in the inbox)
-                for task in list(working.values()):
+                for _, task in list(working.values()):
                     task.cancel()
 
     def _in_a_burst(self) -> bool:
