@@ -34,7 +34,7 @@ from intake.events import _event, feedback_event
 from intake.i18n import negotiate
 from intake.spool import Event
 from intake.twoway import Conversations, Feedback, Interception, Route, Survey, reply_address
-from intake.normalizer.reference import parse_reference
+from intake.normalizer.reference import REFERENCE_IN_TEXT, parse_reference
 from intake.normalizer.record import Complaint
 
 __all__ = [
@@ -70,9 +70,7 @@ STATUS_KEYWORDS: dict[str, tuple[str, ...]] = {
 # A survey comment is a remark, not a second complaint; the message itself keeps every word.
 MAX_COMMENT_CHARS = 1000
 
-# A reference typed among other words: ASCII-only boundaries, so that one written against
-# Chinese ("状态C-7K3M-9QXA") is still found; parse_reference then makes it canonical.
-_REFERENCE = re.compile(r"(?<![0-9A-Za-z])[Cc]-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}(?![0-9A-Za-z])")
+_REFERENCE = re.compile(REFERENCE_IN_TEXT)
 # Arabic letters Persian writes differently, and the tatweel that only stretches a word.
 _LETTERS = str.maketrans({"\u064a": "\u06cc", "\u0649": "\u06cc", "\u0643": "\u06a9", "\u0640": None})
 # Where a quoted signature starts ("-- " on its own line, RFC 3676): what follows is not the request.

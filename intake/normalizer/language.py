@@ -16,6 +16,8 @@ import unicodedata
 from importlib.resources import files
 from typing import Any
 
+from intake.normalizer.reference import REFERENCE_IN_TEXT
+
 _loaded: list["Model"] = []
 # Mail is parsed in worker threads: without the lock, a burst of first messages would load the model once per thread.
 _lock = threading.Lock()
@@ -108,7 +110,7 @@ def has_letters(sample: str, count: int) -> bool:
 # or "@" in it is one, and so is a reference with none (ASCII only: a Chinese sentence around an order number has no
 # spaces to end it). About 6 us on a sample that has a digit; the first search spares that to the rest.
 _MAYBE_CODE = re.compile(r"[0-9@]|://|[Cc]-")
-_CODE = re.compile(r"(?<![!-~])[!-~]*?(?:[0-9@]|://|[Cc]-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}(?![0-9A-Za-z]))[!-~]*")
+_CODE = re.compile(rf"(?<![!-~])[!-~]*?(?:[0-9@]|://|{REFERENCE_IN_TEXT})[!-~]*")
 
 
 def sample(text: str, min_letters: int = _MIN_LETTERS) -> str | None:

@@ -16,6 +16,9 @@ _DECODE.update({"O": 0, "I": 1, "L": 1})
 NAMESPACE = uuid.UUID("6f1c1f0e-3a4b-5c2d-9e8f-1a2b3c4d5e6f")
 
 REFERENCE_PATTERN = r"^C-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$"
+# A reference's shape among other words, with ASCII-only boundaries, so that one written against Chinese
+# ("状态C-7K3M-9QXA") is still found; parse_reference makes it canonical.
+REFERENCE_IN_TEXT = r"(?<![0-9A-Za-z])[Cc]-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}(?![0-9A-Za-z])"
 # A reference as a customer might type or quote it: any case, O/I/L for 0/1.
 # The dashes are required: without them too many ordinary words would match.
 _LOOSE = re.compile(r"\b[Cc]-([0-9A-Za-z]{4})-([0-9A-Za-z]{4})\b")
