@@ -143,10 +143,10 @@ class Inbound:
         self._attachments.check_writable()
         # Known before the mail is normalised: the channel message id needs only its Message-ID and its digest, so the
         # 250 can name the reference the customer will be given (a sender's log then ties the two together).
-        if len(raw) <= _INLINE_IDENTITY_BYTES:
-            identity = channel_message_id(mail.find_message_id(raw), raw)
-        else:
-            identity = await asyncio.to_thread(lambda: channel_message_id(mail.find_message_id(raw), raw))
+        def identify() -> str:
+            return channel_message_id(mail.find_message_id(raw), raw)
+
+        identity = identify() if len(raw) <= _INLINE_IDENTITY_BYTES else await asyncio.to_thread(identify)
         await self._reception.receive_later(
             channel="email",
             raw=raw,
