@@ -1232,19 +1232,21 @@ class Spool:
         if excluding:
             where.append(f"id NOT IN ({', '.join('?' * len(excluding))})")
             parameters += list(excluding)
-        sql = f"SELECT id, channel, received_at, raw, context, attempts FROM inbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        sizes = f"SELECT id, length(raw) FROM inbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        columns = "id, channel, received_at, raw, context, attempts"
+        due = f"FROM inbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
 
         def query(conn: sqlite3.Connection) -> list[InboxMessage]:
-            count = limit
-            if max_bytes is not None:  # the sizes first (the raw mail is not read for them), then what fits
-                total, count = 0, 0
-                for _, size in conn.execute(sizes, (*parameters, limit)):
+            if max_bytes is None:
+                rows = conn.execute(f"SELECT {columns} {due}", (*parameters, limit)).fetchall()
+            else:  # the sizes first (the raw mail is not read for them), then the mails that fit, by id
+                chosen, total = [], 0
+                for inbox_id, size in conn.execute(f"SELECT id, length(raw) {due}", (*parameters, limit)):
                     total += size
-                    if count and total > max_bytes:
+                    if chosen and total > max_bytes:
                         break
-                    count += 1
-            rows = conn.execute(sql, (*parameters, count)).fetchall()
+                    chosen.append(inbox_id)
+                marks = ", ".join("?" * len(chosen))
+                rows = conn.execute(f"SELECT {columns} FROM inbox WHERE id IN ({marks}) ORDER BY id", chosen).fetchall()
             return [InboxMessage(i, ch, at, raw, json.loads(context), attempts) for i, ch, at, raw, context, attempts in rows]
 
         return await self._read(query)
