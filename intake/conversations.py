@@ -44,6 +44,7 @@ from intake.spool import (
     answer_seen,
     answers_given,
     awaiting_score,
+    group_reference,
     open_survey_of,
     route_row,
     status_view,
@@ -108,6 +109,12 @@ class SharedConversations:
         own = await self._spool._read(lambda conn: route_row(conn, reference))
         rows = [row for row in [own, *await self._elsewhere(lambda conn: route_row(conn, reference))] if row is not None]
         return merge_routes(rows)
+
+    async def group(self, name: str) -> str | None:
+        own = await self._spool._read(lambda conn: group_reference(conn, name))
+        if own is not None:
+            return own
+        return next((found for found in await self._elsewhere(lambda conn: group_reference(conn, name)) if found), None)
 
     async def status(self, reference: str) -> StatusView | None:
         own = await self._spool._read(lambda conn: status_view(conn, reference))

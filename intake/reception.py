@@ -15,6 +15,8 @@ what ``receive`` does, the inbox message going in the same transaction.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import datetime as dt
 import functools
@@ -23,8 +25,8 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from intake import events
@@ -75,6 +77,12 @@ class Outcome:
     automated: bool = False
 
 
+@dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class Reception:
     def __init__(
         self,
@@ -101,6 +109,7 @@ class Reception:
         self.requests: CustomerRequests | None = None
         # Where the route of a complaint followed up is looked up: the spool, or every worker's (intake.conversations).
         self.conversations: Conversations = spool
+        self._turns: dict[str, _Turn] = {}  # the groups of messages being taken in (see ``receive``)
 
     def normalize_later(self, channel: str, normalizer: LaterNormalizer) -> None:
         """How ``channel``'s messages taken in by ``receive_later`` are normalised from the inbox."""
@@ -188,12 +197,44 @@ class Reception:
         dead_letter_invalid: bool = False,
         inbox_id: int | None = None,
         route: dict[str, Any] | None = None,
+        group: str | None = None,
     ) -> Outcome:
         """Store one received message; raises InvalidMessage (unless dead-lettering), TemporaryFailure, SpoolFull.
 
         ``inbox_id``: the message comes from the inbox, and leaves it in the same transaction.
         ``route``: how to write to the sender on this channel later (``intake.twoway.Route.address``); kept with a
-        new complaint for the commands that will answer it, or, for a follow-up, as the newest message to thread under."""
+        new complaint for the commands that will answer it, or, for a follow-up, as the newest message to thread under.
+        ``group``: the name of the messages the customer sent as one (a Telegram album, one update per photo). The
+        first of them to be stored is the complaint, acknowledged; each other one is published as its follow-up,
+        unacknowledged, so one album is one complaint and one answer. A worker takes a group's messages one at a
+        time; the gateway's other workers' spools are read for the group too."""
+        async with self._in_turn(group):
+            opened = await self.conversations.group(group) if group is not None else None
+            return await self._receive(
+                channel=channel, channel_message_id=channel_message_id, raw=raw, normalize=normalize, received_at=received_at,
+                ack=ack, reply_payload=reply_payload, reply_via=reply_via, context=context, cursor=cursor,
+                dead_letter_invalid=dead_letter_invalid, inbox_id=inbox_id, route=route, group=group, opened=opened,
+            )  # fmt: skip
+
+    async def _receive(
+        self,
+        *,
+        channel: Channel,
+        channel_message_id: str,
+        raw: bytes,
+        normalize: Callable[[], Complaint],
+        received_at: dt.datetime,
+        ack: AckMode,
+        reply_payload: ReplyPayload | None,
+        reply_via: str | None,
+        context: dict[str, Any] | None,
+        cursor: tuple[str, str] | None,
+        dead_letter_invalid: bool,
+        inbox_id: int | None,
+        route: dict[str, Any] | None,
+        group: str | None,
+        opened: str | None,
+    ) -> Outcome:
         key = spool_key(channel, channel_message_id)
         replaying = _replaying.get()
         if replaying is not None:  # a dead letter taken in again: it leaves the inbox with this write, whatever its key now
@@ -215,6 +256,8 @@ class Reception:
         )
         try:
             complaint = normalize()
+            if opened is not None and opened != complaint.reference:  # a later message of a group: it follows the first
+                complaint = complaint.model_copy(update={"follows_up": opened})
             # Serialised here, inside the guard: a record the normalizer built but JSON cannot carry is a dead letter too.
             complaint_event = events.complaint_event(complaint, topic=self._topic, source=self._source)
         except InvalidMessage as error:
@@ -236,13 +279,14 @@ class Reception:
         else:
             submission.reference, submission.raw_digest = reference_for(channel, channel_message_id), hashlib.sha256(raw).hexdigest()
         interception = None
-        if self.requests is not None and not complaint.flags.automated:
+        if self.requests is not None and not complaint.flags.automated and opened is None:
             followed = await self.conversations.route(complaint.follows_up) if complaint.follows_up else None
             interception = await self.requests.intercept(complaint, followed)
         if interception is not None:
             acknowledgement = None if ack == "none" else interception.answer
         else:
-            acknowledgement = None if complaint.flags.automated or ack == "none" else self.acknowledgement_for(complaint)
+            grouped = opened is not None  # answered once, for the first of the group
+            acknowledgement = None if complaint.flags.automated or ack == "none" or grouped else self.acknowledgement_for(complaint)
         if not complaint.flags.automated:
             self._converse(submission, complaint, route, acknowledgement, received_at, interception)
         submission.answer = {
@@ -251,6 +295,8 @@ class Reception:
             "automated": complaint.flags.automated,
             "acknowledgement": None if acknowledgement is None else _ack_dict(acknowledgement),
         }
+        if group is not None and opened is None:
+            submission.group = group
         submission.events = list(interception.events) if interception is not None else [complaint_event]
         if acknowledgement is not None and ack == "inline" and interception is None:
             submission.events.append(
@@ -280,6 +326,22 @@ class Reception:
             sent.inc()
             latency.observe(max(0.0, time.time() - submission.received_at))
         return self._outcome(receipt, channel)
+
+    @contextlib.asynccontextmanager
+    async def _in_turn(self, group: str | None) -> AsyncIterator[None]:
+        """One message of ``group`` at a time in this worker, so that exactly one of them opens it."""
+        if group is None:
+            yield
+            return
+        turn = self._turns.setdefault(group, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[group]
 
     def _converse(
         self,

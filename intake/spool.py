@@ -162,6 +162,11 @@ CREATE TABLE IF NOT EXISTS feedback (
     received_at REAL NOT NULL,
     PRIMARY KEY (survey_id, answer_id)
 );
+CREATE TABLE IF NOT EXISTS message_group (
+    name TEXT PRIMARY KEY,           -- messages sent as one (a Telegram album: bot, chat and media_group_id)
+    reference TEXT NOT NULL,         -- what the first of them to be stored became; the others follow it up
+    at REAL NOT NULL
+);
 """.format(outbox=_OUTBOX)
 
 
@@ -283,6 +288,7 @@ class Submission:
     route: Route | None = None  # a new complaint's: how to reach its complainant, kept for commands
     follows_up: FollowUp | None = None  # a follow-up's news for the conversation it belongs to
     feedback: Feedback | None = None  # a survey answer the message carried (see intake.twoway.Interception)
+    group: str | None = None  # the group of messages sent as one that this message opens (intake.reception.Reception.receive)
 
 
 @dataclass(frozen=True)
@@ -365,6 +371,11 @@ def route_row(conn: sqlite3.Connection, reference: str) -> RouteRow | None:
         return None
     route = Route(channel=row[0], address=json.loads(row[1]), locale=row[2], last_inbound_at=row[3], contacts=json.loads(row[4]))
     return RouteRow(route=route, created_at=row[5])
+
+
+def group_reference(conn: sqlite3.Connection, name: str) -> str | None:
+    row = conn.execute("SELECT reference FROM message_group WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
 
 
 def status_view(conn: sqlite3.Connection, reference: str) -> StatusView | None:
@@ -1152,6 +1163,11 @@ class Spool:
                 self._record_follow_up(conn, submission.follows_up)
             if submission.feedback is not None:
                 self._record_answer(conn, submission.feedback, submission.received_at)
+            if submission.group is not None:
+                conn.execute(
+                    "INSERT INTO message_group (name, reference, at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    (submission.group, submission.answer["reference"], submission.received_at),
+                )
             self._insert_events(conn, submission.key, submission.events, body)  # last: it counts what cannot roll back
             return Receipt(duplicate=False, same_content=True, answer=submission.answer)
 
@@ -1482,6 +1498,10 @@ class Spool:
         row = await self._read(lambda conn: route_row(conn, reference))
         return None if row is None else row.route
 
+    async def group(self, name: str) -> str | None:
+        """What the first stored message of the group ``name`` became (its reference, or the one it followed up)."""
+        return await self._read(lambda conn: group_reference(conn, name))
+
     async def _complaint_status(self, reference: str) -> StatusView | None:
         return await self._read(lambda conn: status_view(conn, reference))
 
@@ -1627,6 +1647,7 @@ class Spool:
             ).rowcount
             conn.execute("DELETE FROM feedback WHERE survey_id IN (SELECT survey_id FROM survey WHERE asked_at < ?)", (routes_before,))
             conn.execute("DELETE FROM survey WHERE asked_at < ?", (routes_before,))
+            conn.execute("DELETE FROM message_group WHERE at < ?", (routes_before,))
             commands = conn.execute("DELETE FROM command WHERE state != 'pending' AND done_at < ?", (commands_before,)).rowcount
             return gone + commands
 

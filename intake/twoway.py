@@ -166,6 +166,10 @@ class Conversations(Protocol):
     async def route(self, reference: str) -> Route | None:
         """The route recorded for a complaint, or None for a reference this gateway never received."""
 
+    async def group(self, name: str) -> str | None:
+        """What the first stored message of a group sent as one (a Telegram album) became: the reference its
+        others follow up; None while none of them is stored."""
+
     async def status(self, reference: str) -> StatusView | None:
         """The latest status seen in commands; None if no status command has come (the complaint is then "received")."""
 

@@ -666,3 +666,36 @@ def test_texts_refuse_what_they_cannot_say():
     with pytest.raises(ValueError):
         texts.score_label(6, "en")
     assert texts.score_label(1, "de") == "Sehr unzufrieden"
+
+
+async def test_an_album_split_between_two_workers_is_one_complaint_answered_once(tmp_path: Path):
+    """Telegram's webhook may bring an album's photos to two workers; the second reads the first's spool."""
+    customer = user(5627001, language_code="pl")
+    group = "13601234567890009"
+
+    async def take(worker: Worker, message_id: int, **fields: object) -> Outcome:
+        update = {"update_id": 900_000 + message_id, "message": message(customer, message_id, media_group_id=group, **fields)}
+        raw = json.dumps(update).encode()
+        parsed = telegram_normalizer.parse(raw).message
+        assert parsed is not None
+        return await worker.reception.receive(
+            channel="telegram",
+            channel_message_id=f"{customer['id']}:{message_id}",
+            raw=raw,
+            normalize=lambda: telegram_normalizer.to_complaint(raw, received_at=RECEIVED_AT, bot_id=BOT_ID),
+            received_at=RECEIVED_AT,
+            ack="reply",
+            reply_payload=lambda complaint, acknowledgement: {"chat_id": customer["id"], "message_id": message_id},
+            route={"chat_id": customer["id"], "message_id": message_id},
+            group=telegram_normalizer.group(parsed, BOT_ID),
+        )
+
+    async with workers(tmp_path, 2) as [first, second]:
+        opened = await take(first, 70, caption="Paczka przyszła rozbita", photo=[{"file_id": "a", "file_unique_id": "ua", "width": 9, "height": 9}])
+        part = await take(second, 71, photo=[{"file_id": "b", "file_unique_id": "ub", "width": 9, "height": 9}])
+        again = await take(second, 71, photo=[{"file_id": "b", "file_unique_id": "ub", "width": 9, "height": 9}])
+        [received] = await first.events(COMPLAINT_RECEIVED)
+        [followed] = await second.events("intake.complaint.followed_up.v1")
+    assert opened.acknowledgement is not None and part.acknowledgement is None
+    assert again.duplicate and part.reference == opened.reference == received["reference"] == followed["follows_up"]
+    assert followed["attachments"][0]["location"] == "tg-file:b"

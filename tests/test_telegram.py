@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -385,6 +386,69 @@ async def test_a_reply_to_our_acknowledgement_is_a_follow_up(tmp_path: Path, kaf
         assert record.partition == received.partition and record.offset > received.offset
     assert received.key == original
     assert all("added your message to complaint" in s.text and original in s.text for s in sent[1:])
+
+
+def album(customer: dict[str, Any], first_id: int, group_id: str, caption: str, count: int = 3) -> list[dict[str, Any]]:
+    """An album as Telegram delivers it: one message per photo, consecutive ids, one media_group_id, one caption."""
+    return [
+        message(
+            customer,
+            first_id + n,
+            media_group_id=group_id,
+            photo=photo_sizes(f"AgAC-{group_id}-{n}", f"AQAD-{group_id}-{n}"),
+            **({"caption": caption} if n == 0 else {}),
+        )
+        for n in range(count)
+    ]
+
+
+def assert_one_complaint_per_album(records: list[Record], first: dict[str, Any], group_id: str, count: int) -> None:
+    [received] = [r for r in of_type(records, "received") if r.data["channel_message_id"] == f"{first['chat']['id']}:{first['message_id']}"]
+    assert received.data["attachments"] == [{"content_type": "image/jpeg", "size": 81_000, "location": f"tg-file:AgAC-{group_id}-0"}]
+    parts = [r for r in of_type(records, "followed_up") if r.key == received.key]
+    assert sorted(r.data["attachments"][0]["location"] for r in parts) == [f"tg-file:AgAC-{group_id}-{n}" for n in range(1, count)]
+    for part in parts:
+        jsonschema.validate(part.data, SCHEMA)
+        assert part.data["follows_up"] == received.data["reference"] and part.data["text"] == ""
+        assert part.partition == received.partition and part.offset > received.offset  # in order behind the complaint
+
+
+async def test_an_album_is_one_complaint_and_one_acknowledgement(tmp_path: Path, kafka, topic):
+    customer = user(5625001, language_code="en")
+    photos = album(customer, 20, "13601234567890001", "Three photos of the broken parcel")
+    async with TelegramApi() as api:
+        for part in photos:
+            await api.enqueue(message=part)
+        await api.enqueue(message=message(customer, 30, text="And the courier was rude."))  # alone: a complaint of its own
+        async with running(telegram_settings(tmp_path, kafka, topic, api, mode="polling")):
+            sent = await api.wait_sent(2)
+            # The same album part again under a new update_id (a switch between webhook and polling): a duplicate.
+            await api.enqueue(message=photos[1])
+            records = await read_topic(kafka.bootstrap, topic, expect=6, settle=2)
+    assert_one_complaint_per_album(records, photos[0], "13601234567890001", 3)
+    assert len(of_type(records, "received")) == 2
+    assert len(of_type(records, "followed_up")) == 2
+    assert len(of_type(records, "acknowledged")) == 2
+    assert sorted(s.reply_to_message_id for s in sent) == [20, 30]  # the album answered under its first photo, once
+    assert len(api.sent) == 2
+    assert_no_duplicate_ce_id(records)
+
+
+async def test_an_album_posted_at_once_to_the_webhook_is_one_complaint(tmp_path: Path, kafka, topic):
+    customer = user(5625002, language_code="de")
+    photos = album(customer, 50, "13601234567890002", "Das Paket kam so an", count=5)
+    async with TelegramApi() as api, running(telegram_settings(tmp_path, kafka, topic, api, mode="webhook")) as (_gateway, base):
+        async with aiohttp.ClientSession() as http:
+            # Telegram may deliver an album's updates on parallel connections: all five at once.
+            statuses = await asyncio.gather(*(post_update(http, base, {"update_id": 801_000 + n, "message": part}) for n, part in enumerate(photos)))
+        records = await read_topic(kafka.bootstrap, topic, expect=6, settle=2)
+        await api.wait_sent(1)
+    assert statuses == [200] * 5
+    [received] = of_type(records, "received")
+    assert len(of_type(records, "followed_up")) == 4
+    assert {r.key for r in records} == {received.key}
+    assert len(of_type(records, "acknowledged")) == 1 and len(api.sent) == 1
+    assert_no_duplicate_ce_id(records)
 
 
 # --- what a message carries ---------------------------------------------------------------------

@@ -439,7 +439,13 @@ class TelegramChannel:
         else:
             stored = await self._download(message) if self._config.download_files else {}
             await self._store(
-                raw, normalize.channel_message_id(message), received_at, cursor=cursor, stored=stored, reply_to=(message.chat.id, message.message_id)
+                raw,
+                normalize.channel_message_id(message),
+                received_at,
+                cursor=cursor,
+                stored=stored,
+                reply_to=(message.chat.id, message.message_id),
+                group=normalize.group(message, self.bot_id),
             )
             return
         if cursor is not None:
@@ -454,6 +460,7 @@ class TelegramChannel:
         cursor: tuple[str, str] | None,
         stored: dict[str, Attachment],
         reply_to: tuple[int, int] | None,
+        group: str | None = None,
     ) -> Outcome:
         def reply_payload(complaint: Complaint, acknowledgement: Acknowledgement) -> dict[str, Any]:
             assert reply_to is not None
@@ -473,6 +480,7 @@ class TelegramChannel:
             cursor=cursor,
             # Telegram cannot be told "this update is bad": refusing it would only bring it back, so keep it for replay.
             dead_letter_invalid=True,
+            group=group,
         )
         log.info(
             "telegram message stored",

@@ -255,6 +255,14 @@ def follows_up(message: Message, bot_id: int) -> str | None:
     return None
 
 
+def group(message: Message, bot_id: int) -> str | None:
+    """The album a message belongs to: Telegram sends each of its photos and files as a message of its own, all with
+    one ``media_group_id``, the caption on one of them. None for a message sent alone."""
+    if not message.media_group_id:
+        return None
+    return f"telegram:{bot_id}:{message.chat.id}:{message.media_group_id}"
+
+
 def complainant(message: Message) -> Complainant:
     """Name, Telegram user id and language; the phone only from a contact the customer shared of themselves.
 

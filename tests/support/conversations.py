@@ -23,11 +23,16 @@ class MemoryConversations:
     asked_of: dict[str, str] = field(default_factory=dict)
     asked_at: dict[str, float] = field(default_factory=dict)  # when each reference's survey was sent; now by default
     answers: dict[tuple[str, str], tuple[Feedback, Event]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)  # a group's name: the reference its first message became
     lookups: list[str] = field(default_factory=list)
 
     async def route(self, reference: str) -> Route | None:
         self.lookups.append("route")
         return self.routes.get(reference)
+
+    async def group(self, name: str) -> str | None:
+        self.lookups.append("group")
+        return self.groups.get(name)
 
     async def status(self, reference: str) -> StatusView | None:
         self.lookups.append("status")
