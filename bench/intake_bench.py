@@ -5,6 +5,8 @@ Each server is its own process, driven by the same compiled load generator
 process stands in, and takes much of the CPU the servers need). Rows:
 
 - the webhook baseline (bench/baseline_app.py: aiohttp, ``send_and_wait``, nothing durable);
+- the durable floor (bench/floor_app.py: the signature, the body as JSON, one group-committed SQLite write
+  before the 202, then Kafka): what storing before answering costs on this stack, with nothing else;
 - intake's webhook with the default number of workers, and with 1 and 2 workers;
 - intake's webhook at half of its peak rate (open loop: p99 when not saturated);
 - intake's webhook under 10x the clients (memory must stay flat);
@@ -458,6 +460,11 @@ class Bench:
         command = [sys.executable, str(ROOT / "bench/baseline_app.py"), self.bootstrap, topic, str(port)]
         return await self.webhook_row("baseline", command, port, topic, clients=self.args.concurrency)
 
+    async def floor(self) -> dict[str, float]:
+        topic, port = f"bench-floor-{uuid.uuid4().hex[:8]}", free_port()
+        command = [sys.executable, str(ROOT / "bench/floor_app.py"), self.bootstrap, topic, str(port)]
+        return await self.webhook_row("floor", command, port, topic, clients=self.args.concurrency)
+
     async def intake_webhook(self, name: str, workers: int | None, *, clients: int, rate: float = 0.0, tree: Path = ROOT, requests: int | None = None) -> dict[str, float]:
         topic, port = f"bench-intake-{uuid.uuid4().hex[:8]}", free_port()
         config = gateway_config(self.root / f"gw-{uuid.uuid4().hex[:8]}", port, self.bootstrap, topic)
@@ -565,6 +572,7 @@ async def one_run(bench: Bench, args: argparse.Namespace) -> dict[str, dict[str,
     results: dict[str, dict[str, float]] = {}
     default = f"intake webhook ({os.cpu_count()} workers, default)"
     results["webhook baseline"] = await bench.baseline()
+    results["durable floor (signed, stored, relayed)"] = await bench.floor()
     results[default] = await bench.intake_webhook("intake-default", None, clients=args.concurrency)
     if not args.quick:
         results["intake webhook, 1 worker"] = await bench.intake_webhook("intake-1", 1, clients=args.concurrency)
@@ -620,6 +628,11 @@ async def main() -> None:
             print()
             for goal, met, detail in goals(results, f"intake webhook ({os.cpu_count()} workers, default)"):
                 print(f"  [{'met' if met else 'NOT met'}] {goal}: {detail}")
+            base, floor = results["webhook baseline"], results["durable floor (signed, stored, relayed)"]
+            print(
+                f"  (the durable floor, storing before it answers and nothing more, spends "
+                f"{floor['cpu_s_per_1000'] / base['cpu_s_per_1000']:.2f}x the baseline's CPU per request)"
+            )
             print("\n" + json.dumps({"medians": results, "runs": runs}))
         finally:
             if broker is not None:
