@@ -295,7 +295,7 @@ class Reception:
             "automated": complaint.flags.automated,
             "acknowledgement": None if acknowledgement is None else _ack_dict(acknowledgement),
         }
-        if group is not None and opened is None:
+        if group is not None and opened is None and interception is None:  # a status question opens no complaint
             submission.group = group
         submission.events = list(interception.events) if interception is not None else [complaint_event]
         if acknowledgement is not None and ack == "inline" and interception is None:

@@ -670,32 +670,48 @@ def test_texts_refuse_what_they_cannot_say():
 
 async def test_an_album_split_between_two_workers_is_one_complaint_answered_once(tmp_path: Path):
     """Telegram's webhook may bring an album's photos to two workers; the second reads the first's spool."""
-    customer = user(5627001, language_code="pl")
-    group = "13601234567890009"
-
-    async def take(worker: Worker, message_id: int, **fields: object) -> Outcome:
-        update = {"update_id": 900_000 + message_id, "message": message(customer, message_id, media_group_id=group, **fields)}
-        raw = json.dumps(update).encode()
-        parsed = telegram_normalizer.parse(raw).message
-        assert parsed is not None
-        return await worker.reception.receive(
-            channel="telegram",
-            channel_message_id=f"{customer['id']}:{message_id}",
-            raw=raw,
-            normalize=lambda: telegram_normalizer.to_complaint(raw, received_at=RECEIVED_AT, bot_id=BOT_ID),
-            received_at=RECEIVED_AT,
-            ack="reply",
-            reply_payload=lambda complaint, acknowledgement: {"chat_id": customer["id"], "message_id": message_id},
-            route={"chat_id": customer["id"], "message_id": message_id},
-            group=telegram_normalizer.group(parsed, BOT_ID),
-        )
-
     async with workers(tmp_path, 2) as [first, second]:
-        opened = await take(first, 70, caption="Paczka przyszła rozbita", photo=[{"file_id": "a", "file_unique_id": "ua", "width": 9, "height": 9}])
-        part = await take(second, 71, photo=[{"file_id": "b", "file_unique_id": "ub", "width": 9, "height": 9}])
-        again = await take(second, 71, photo=[{"file_id": "b", "file_unique_id": "ub", "width": 9, "height": 9}])
+        opened = await take_album_part(first, 70, caption="Paczka przyszła rozbita", photo=[PHOTO_A])
+        part = await take_album_part(second, 71, photo=[PHOTO_B])
+        again = await take_album_part(second, 71, photo=[PHOTO_B])
         [received] = await first.events(COMPLAINT_RECEIVED)
         [followed] = await second.events("intake.complaint.followed_up.v1")
     assert opened.acknowledgement is not None and part.acknowledgement is None
     assert again.duplicate and part.reference == opened.reference == received["reference"] == followed["follows_up"]
     assert followed["attachments"][0]["location"] == "tg-file:b"
+
+
+async def test_an_album_whose_caption_asks_a_status_is_not_followed_up_under_the_question(tmp_path: Path):
+    """A status question is no complaint: the album's next photo opens one instead of following up the question."""
+    async with workers(tmp_path) as [worker]:
+        question = await take_album_part(worker, 80, caption=f"status {REFERENCE}", photo=[PHOTO_A])
+        part = await take_album_part(worker, 81, photo=[PHOTO_B])
+        [received] = await worker.events(COMPLAINT_RECEIVED)
+        followed = await worker.events("intake.complaint.followed_up.v1")
+    assert question.reference != part.reference == received["reference"]
+    assert part.acknowledgement is not None and followed == []
+
+
+ALBUM_SENDER = user(5627001, language_code="pl")
+PHOTO_A = {"file_id": "a", "file_unique_id": "ua", "width": 9, "height": 9}
+PHOTO_B = {"file_id": "b", "file_unique_id": "ub", "width": 9, "height": 9}
+
+
+async def take_album_part(worker: Worker, message_id: int, **fields: object) -> Outcome:
+    """One photo of an album (one media_group_id) taken in as the Telegram channel takes it in."""
+    update = {"update_id": 900_000 + message_id, "message": message(ALBUM_SENDER, message_id, media_group_id="13601234567890009", **fields)}
+    raw = json.dumps(update).encode()
+    parsed = telegram_normalizer.parse(raw).message
+    assert parsed is not None
+    chat = ALBUM_SENDER["id"]
+    return await worker.reception.receive(
+        channel="telegram",
+        channel_message_id=f"{chat}:{message_id}",
+        raw=raw,
+        normalize=lambda: telegram_normalizer.to_complaint(raw, received_at=RECEIVED_AT, bot_id=BOT_ID),
+        received_at=RECEIVED_AT,
+        ack="reply",
+        reply_payload=lambda complaint, acknowledgement: {"chat_id": chat, "message_id": message_id},
+        route={"chat_id": chat, "message_id": message_id},
+        group=telegram_normalizer.group(parsed, BOT_ID),
+    )
