@@ -7,11 +7,16 @@ costs. The producer has the gateway's settings (idempotent, acks=all, same linge
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 
 import uvloop
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+Hook = Callable[[web.Application], Awaitable[None]]
 
 
 def main() -> None:
@@ -32,6 +37,11 @@ def main() -> None:
         await state["producer"].send_and_wait(topic, body, key=request.headers["Idempotency-Key"].encode())
         return web.json_response({"status": "accepted"}, status=202)
 
+    serve(port, receive, start, stop)
+
+
+def serve(port: int, receive: Handler, start: Hook, stop: Hook) -> None:
+    """Answer the partner webhook's path with ``receive`` (and /healthz), as the benchmark's servers all do."""
     app = web.Application()
     app.router.add_get("/healthz", lambda request: web.json_response({"status": "ok"}))
     app.router.add_post("/webhook/{partner}", receive)

@@ -25,10 +25,9 @@ import threading
 import time
 from pathlib import Path
 
-import uvloop
-
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from baseline_app import serve  # run as a script from bench/, as the benchmark runs it
 
 SECRET = b"s3cret-for-tests-only-0123456789"
 WINDOW_SECONDS = 300
@@ -132,12 +131,7 @@ def main() -> None:
         new = await state["store"].store(request.headers["Idempotency-Key"], body)  # type: ignore[attr-defined]
         return web.json_response({"status": "accepted" if new else "duplicate"}, status=202 if new else 200)
 
-    app = web.Application()
-    app.router.add_get("/healthz", lambda request: web.json_response({"status": "ok"}))
-    app.router.add_post("/webhook/{partner}", receive)
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop())
+    serve(port, receive, start, stop)
 
 
 if __name__ == "__main__":

@@ -210,122 +210,97 @@ class Reception:
         time; the gateway's other workers' spools are read for the group too."""
         async with self._in_turn(group):
             opened = await self.conversations.group(group) if group is not None else None
-            return await self._receive(
-                channel=channel, channel_message_id=channel_message_id, raw=raw, normalize=normalize, received_at=received_at,
-                ack=ack, reply_payload=reply_payload, reply_via=reply_via, context=context, cursor=cursor,
-                dead_letter_invalid=dead_letter_invalid, inbox_id=inbox_id, route=route, group=group, opened=opened,
-            )  # fmt: skip
-
-    async def _receive(
-        self,
-        *,
-        channel: Channel,
-        channel_message_id: str,
-        raw: bytes,
-        normalize: Callable[[], Complaint],
-        received_at: dt.datetime,
-        ack: AckMode,
-        reply_payload: ReplyPayload | None,
-        reply_via: str | None,
-        context: dict[str, Any] | None,
-        cursor: tuple[str, str] | None,
-        dead_letter_invalid: bool,
-        inbox_id: int | None,
-        route: dict[str, Any] | None,
-        group: str | None,
-        opened: str | None,
-    ) -> Outcome:
-        key = spool_key(channel, channel_message_id)
-        replaying = _replaying.get()
-        if replaying is not None:  # a dead letter taken in again: it leaves the inbox with this write, whatever its key now
-            replaces, inbox_id = replaying
-        else:
-            replaces = None
-        submission = Submission(
-            key=key,
-            channel=channel,
-            reference="",
-            raw=raw,
-            raw_digest="",
-            answer={},
-            context=context or {},
-            cursor=cursor,
-            received_at=received_at.timestamp(),
-            inbox_id=inbox_id,
-            replaces=replaces,
-        )
-        try:
-            complaint = normalize()
-            if opened is not None and opened != complaint.reference:  # a later message of a group: it follows the first
-                complaint = complaint.model_copy(update={"follows_up": opened})
-            # Serialised here, inside the guard: a record the normalizer built but JSON cannot carry is a dead letter too.
-            complaint_event = events.complaint_event(complaint, topic=self._topic, source=self._source)
-        except InvalidMessage as error:
-            if not dead_letter_invalid and replaces is None:  # a replay has nobody to refuse it to
-                self._metrics.received.labels(channel=channel, outcome="rejected").inc()
-                raise
-            return await self._dead_letter(submission, channel_message_id, str(error), received_at)
-        except Exception as error:  # the normalizer's bug: the message is kept for a replay after the fix, never refused
-            frame = traceback.extract_tb(error.__traceback__)[-1]
-            # The type and the place only: an exception's text may quote the customer's message.
-            log.error(
-                "normalizer failed; message dead-lettered",
-                extra={"event": "normalizer_failed", "channel": channel, "error_type": type(error).__name__, "at": f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"},
+            key = spool_key(channel, channel_message_id)
+            replaying = _replaying.get()
+            if replaying is not None:  # a dead letter taken in again: it leaves the inbox with this write, whatever its key now
+                replaces, inbox_id = replaying
+            else:
+                replaces = None
+            submission = Submission(
+                key=key,
+                channel=channel,
+                reference="",
+                raw=raw,
+                raw_digest="",
+                answer={},
+                context=context or {},
+                cursor=cursor,
+                received_at=received_at.timestamp(),
+                inbox_id=inbox_id,
+                replaces=replaces,
             )
-            return await self._dead_letter(submission, channel_message_id, f"the normalizer failed: {type(error).__name__}", received_at)
+            try:
+                complaint = normalize()
+                if opened is not None and opened != complaint.reference:  # a later message of a group: it follows the first
+                    complaint = complaint.model_copy(update={"follows_up": opened})
+                # Serialised here, inside the guard: a record the normalizer built but JSON cannot carry is a dead letter too.
+                complaint_event = events.complaint_event(complaint, topic=self._topic, source=self._source)
+            except InvalidMessage as error:
+                if not dead_letter_invalid and replaces is None:  # a replay has nobody to refuse it to
+                    self._metrics.received.labels(channel=channel, outcome="rejected").inc()
+                    raise
+                return await self._dead_letter(submission, channel_message_id, str(error), received_at)
+            except Exception as error:  # the normalizer's bug: the message is kept for a replay after the fix, never refused
+                frame = traceback.extract_tb(error.__traceback__)[-1]
+                # The type and the place only: an exception's text may quote the customer's message.
+                log.error(
+                    "normalizer failed; message dead-lettered",
+                    extra={"event": "normalizer_failed", "channel": channel, "error_type": type(error).__name__, "at": f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"},
+                )
+                return await self._dead_letter(submission, channel_message_id, f"the normalizer failed: {type(error).__name__}", received_at)
 
-        if complaint.raw.spool_key == key:  # derived from the same message: its ids need not be derived again
-            submission.reference, submission.raw_digest = complaint.reference, complaint.raw.sha256
-        else:
-            submission.reference, submission.raw_digest = reference_for(channel, channel_message_id), hashlib.sha256(raw).hexdigest()
-        interception = None
-        if self.requests is not None and not complaint.flags.automated and opened is None:
-            followed = await self.conversations.route(complaint.follows_up) if complaint.follows_up else None
-            interception = await self.requests.intercept(complaint, followed)
-        if interception is not None:
-            acknowledgement = None if ack == "none" else interception.answer
-        else:
-            grouped = opened is not None  # answered once, for the first of the group
-            acknowledgement = None if complaint.flags.automated or ack == "none" or grouped else self.acknowledgement_for(complaint)
-        if not complaint.flags.automated:
-            self._converse(submission, complaint, route, acknowledgement, received_at, interception)
-        submission.answer = {
-            "reference": complaint.key,
-            "complaint_id": str(complaint.id),
-            "automated": complaint.flags.automated,
-            "acknowledgement": None if acknowledgement is None else _ack_dict(acknowledgement),
-        }
-        if group is not None and opened is None and interception is None:  # a status question opens no complaint
-            submission.group = group
-        submission.events = list(interception.events) if interception is not None else [complaint_event]
-        if acknowledgement is not None and ack == "inline" and interception is None:
-            submission.events.append(
-                self.acknowledged_event(complaint=complaint, payload={"locale": acknowledgement.locale}, sent_at=received_at)
-            )
-        if acknowledgement is not None and (ack == "reply" or reply_via):
-            # reply_via: another channel also sends it later (a web form complaint acknowledged by email too).
-            assert reply_payload is not None, "a channel that replies later must say how"
-            via = reply_via or complaint.channel
-            payload = {
+            if complaint.raw.spool_key == key:  # derived from the same message: its ids need not be derived again
+                submission.reference, submission.raw_digest = complaint.reference, complaint.raw.sha256
+            else:
+                submission.reference, submission.raw_digest = reference_for(channel, channel_message_id), hashlib.sha256(raw).hexdigest()
+            interception = None
+            if self.requests is not None and not complaint.flags.automated and opened is None:
+                followed = await self.conversations.route(complaint.follows_up) if complaint.follows_up else None
+                interception = await self.requests.intercept(complaint, followed)
+            if interception is not None:
+                acknowledgement = None if ack == "none" else interception.answer
+            else:
+                grouped = opened is not None  # answered once, for the first of the group
+                acknowledgement = None if complaint.flags.automated or ack == "none" or grouped else self.acknowledgement_for(complaint)
+            if not complaint.flags.automated:
+                self._converse(submission, complaint, route, acknowledgement, received_at, interception)
+            submission.answer = {
+                "reference": complaint.key,
                 "complaint_id": str(complaint.id),
-                "reference": complaint.reference,
-                "key": complaint.key,
-                "channel": via,
-                "locale": acknowledgement.locale,
-                "received_at": received_at.timestamp(),
-                **reply_payload(complaint, acknowledgement),
+                "automated": complaint.flags.automated,
+                "acknowledgement": None if acknowledgement is None else _ack_dict(acknowledgement),
             }
-            submission.replies = [Reply(channel=via, payload=payload)]
-        receipt = await self.spool.accept(submission)
-        if submission.feedback is not None and not receipt.duplicate:
-            # Counted once stored: a redelivered answer is a duplicate and counts nothing.
-            observe_feedback(self._metrics, submission.feedback)
-        if acknowledgement is not None and ack == "inline" and not receipt.duplicate and interception is None:
-            # Answered in the channel's own reply (TwiML, the webhook's 202, the form's page), once it is stored.
-            sent, latency = self._inline_metrics(complaint.channel)
-            sent.inc()
-            latency.observe(max(0.0, time.time() - submission.received_at))
-        return self._outcome(receipt, channel)
+            if group is not None and opened is None and interception is None:  # a status question opens no complaint
+                submission.group = group
+            submission.events = list(interception.events) if interception is not None else [complaint_event]
+            if acknowledgement is not None and ack == "inline" and interception is None:
+                submission.events.append(
+                    self.acknowledged_event(complaint=complaint, payload={"locale": acknowledgement.locale}, sent_at=received_at)
+                )
+            if acknowledgement is not None and (ack == "reply" or reply_via):
+                # reply_via: another channel also sends it later (a web form complaint acknowledged by email too).
+                assert reply_payload is not None, "a channel that replies later must say how"
+                via = reply_via or complaint.channel
+                payload = {
+                    "complaint_id": str(complaint.id),
+                    "reference": complaint.reference,
+                    "key": complaint.key,
+                    "channel": via,
+                    "locale": acknowledgement.locale,
+                    "received_at": received_at.timestamp(),
+                    **reply_payload(complaint, acknowledgement),
+                }
+                submission.replies = [Reply(channel=via, payload=payload)]
+            receipt = await self.spool.accept(submission)
+            if submission.feedback is not None and not receipt.duplicate:
+                # Counted once stored: a redelivered answer is a duplicate and counts nothing.
+                observe_feedback(self._metrics, submission.feedback)
+            if acknowledgement is not None and ack == "inline" and not receipt.duplicate and interception is None:
+                # Answered in the channel's own reply (TwiML, the webhook's 202, the form's page), once it is stored.
+                sent, latency = self._inline_metrics(complaint.channel)
+                sent.inc()
+                latency.observe(max(0.0, time.time() - submission.received_at))
+            return self._outcome(receipt, channel)
 
     @contextlib.asynccontextmanager
     async def _in_turn(self, group: str | None) -> AsyncIterator[None]:
