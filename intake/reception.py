@@ -77,6 +77,9 @@ class Outcome:
     automated: bool = False
 
 
+_ALONE = contextlib.nullcontext()
+
+
 @dataclass
 class _Turn:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -208,7 +211,8 @@ class Reception:
         first of them to be stored is the complaint, acknowledged; each other one is published as its follow-up,
         unacknowledged, so one album is one complaint and one answer. A worker takes a group's messages one at a
         time; the gateway's other workers' spools are read for the group too."""
-        async with self._in_turn(group):
+        # Every message comes this way: one sent alone (all but an album's) takes no turn, at no cost.
+        async with self._in_turn(group) if group is not None else _ALONE:
             opened = await self.conversations.group(group) if group is not None else None
             key = spool_key(channel, channel_message_id)
             replaying = _replaying.get()
@@ -303,11 +307,8 @@ class Reception:
             return self._outcome(receipt, channel)
 
     @contextlib.asynccontextmanager
-    async def _in_turn(self, group: str | None) -> AsyncIterator[None]:
+    async def _in_turn(self, group: str) -> AsyncIterator[None]:
         """One message of ``group`` at a time in this worker, so that exactly one of them opens it."""
-        if group is None:
-            yield
-            return
         turn = self._turns.setdefault(group, _Turn())
         turn.users += 1
         try:
